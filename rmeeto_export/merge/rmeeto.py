@@ -1,0 +1,188 @@
+"""R-MeeTo token merging for Vision Mamba with static shapes, plus a pruning baseline with the same interface.
+
+This is the reference (oracle) for the rmeeto::token_merge custom op, its ONNX function body and the
+TensorRT plugin, so every decision is spelled out and deterministic:
+
+- metric: hidden without the class token, in fp32, L2-normalised over channels (F.normalize, so an
+  all-zero token scores 0 instead of NaN);
+- bipartite split of the class-free sequence: even positions are sources, odd are destinations;
+- score = cosine similarity; each source picks its best destination (ties: lowest destination index);
+- sources are ranked by best score, descending, ties by lowest source index; the top r merge;
+- merge = size-weighted average: x * size is summed into the destination (hidden and residual, the
+  same matching, the OLD sizes), sizes add, then every token is divided by its new size;
+- the merged token keeps its destination's position, survivors stay in spatial order, and the class
+  token (untouched) is re-inserted at (cls_index * (T - r)) // T.
+
+Output shapes depend only on (T, r), never on data, so the merge traces and exports. Sorting is
+avoided (torch.sort/argsort do not export to ONNX): ranks come from pairwise comparisons and the
+survivors' order from topk on unique integer keys.
+
+Numerics: the similarity is a matmul, so implementations that sum in another order (or a GPU with
+TF32 matmul enabled) can flip a decision between near-equal scores; exact ties break as above
+everywhere. Tokens no merge touched come out as (x * size) / size, i.e. x up to one fp32 rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rmeeto_export.errors import UserError
+from rmeeto_export.merge.schedule import merged_cls_index, sources_per_step
+
+MergeResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]
+
+
+def _check_inputs(hidden: torch.Tensor, residual: torch.Tensor, size: torch.Tensor, r: int, cls_index: int) -> None:
+    if hidden.dim() != 3:
+        raise UserError(f"hidden must be (batch, tokens, channels), got shape {tuple(hidden.shape)}")
+    batch, num_tokens, _ = hidden.shape
+    if residual.shape != hidden.shape:
+        raise UserError(f"residual shape {tuple(residual.shape)} differs from hidden shape {tuple(hidden.shape)}")
+    if size.shape != (batch, num_tokens, 1):
+        raise UserError(f"size must have shape {(batch, num_tokens, 1)}, got {tuple(size.shape)}")
+    if not 0 <= cls_index < num_tokens:
+        raise UserError(f"cls_index {cls_index} is outside the {num_tokens} tokens")
+    max_r = min(sources_per_step(num_tokens), num_tokens - 2)
+    if not 0 <= r <= max_r:
+        raise UserError(f"r={r} is impossible for {num_tokens} tokens: one step can remove 0 to {max_r}")
+
+
+def _without_token(x: torch.Tensor, index: int) -> torch.Tensor:
+    return torch.cat([x[:, :index], x[:, index + 1 :]], dim=1)
+
+
+def _with_token(x: torch.Tensor, token: torch.Tensor, index: int) -> torch.Tensor:
+    return torch.cat([x[:, :index], token, x[:, index:]], dim=1)
+
+
+def _top_r_mask(score: torch.Tensor, r: int) -> torch.Tensor:
+    """(B, n) bool: the r entries ranked highest by (score descending, index ascending).
+
+    A pairwise rank instead of topk/argsort, whose order among equal scores is unspecified: an
+    entry's rank is the number of entries with a higher score plus the lower-indexed equal ones.
+    """
+    n = score.shape[-1]
+    lower_index = torch.ones(n, n, dtype=torch.bool, device=score.device).tril(diagonal=-1)
+    other, this = score[:, None, :], score[:, :, None]
+    ahead = (other > this) | ((other == this) & lower_index)
+    return ahead.sum(dim=-1) < r
+
+
+def _kept_positions_in_order(keep: torch.Tensor, num_kept: int) -> torch.Tensor:
+    """(B, num_kept) ascending positions where `keep` is True; num_kept must equal each row's count.
+
+    topk of unique integer keys (kept positions first, in order) replaces nonzero, whose output
+    size is data-dependent, and sort, which does not export.
+    """
+    n = keep.shape[-1]
+    positions = torch.arange(n, device=keep.device)
+    order_key = torch.where(keep, positions, positions + n)
+    return order_key.topk(num_kept, dim=-1, largest=False, sorted=True).indices
+
+
+def _flat_rows(positions: torch.Tensor, tokens_per_row: int) -> torch.Tensor:
+    """(B, k) per-sample token positions -> (B * k,) row indices into x.reshape(B * tokens_per_row, C).
+
+    Whole-row index_select / index_add on the flattened batch are several times faster on CPU than
+    gather / scatter_add with an index expanded over channels.
+    """
+    batch_offsets = torch.arange(positions.shape[0], device=positions.device)[:, None] * tokens_per_row
+    return (positions + batch_offsets).reshape(-1)
+
+
+def _gather_tokens(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    batch, num_tokens, channels = x.shape
+    rows = x.reshape(batch * num_tokens, channels).index_select(0, _flat_rows(positions, num_tokens))
+    return rows.reshape(batch, -1, channels)
+
+
+def _sum_tokens_into(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """out[b, target[b, i]] += x[b, i]: every token's row summed into its target position."""
+    batch, num_tokens, channels = x.shape
+    rows = x.reshape(batch * num_tokens, channels)
+    summed = torch.zeros_like(rows).index_add_(0, _flat_rows(target, num_tokens), rows)
+    return summed.reshape(batch, num_tokens, channels)
+
+
+def _merge_targets(hidden_free: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bipartite matching on the class-free tokens.
+
+    Returns target (B, n): the position every token's weighted value is summed into (its
+    destination for a merged source, itself otherwise), and keep (B, n): tokens that survive.
+    """
+    metric = F.normalize(hidden_free.float(), dim=-1)
+    scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)
+    best_score, best_destination = scores.max(dim=-1)  # max returns the first maximal index
+    merged = _top_r_mask(best_score, r)
+    batch, n = hidden_free.shape[:2]
+    source_positions = torch.arange(0, n, 2, device=hidden_free.device)
+    target = torch.arange(n, device=hidden_free.device).repeat(batch, 1)
+    target[:, 0::2] = torch.where(merged, 2 * best_destination + 1, source_positions)
+    keep = torch.ones(batch, n, dtype=torch.bool, device=hidden_free.device)
+    keep[:, 0::2] = ~merged
+    return target, keep
+
+
+def merge_tokens(
+    hidden: torch.Tensor, residual: torch.Tensor, size: torch.Tensor, r: int, cls_index: int
+) -> MergeResult:
+    """Merge r tokens (R-MeeTo); returns (hidden, residual, size, new_cls_index) with T - r tokens.
+
+    hidden (B, T, C) any float dtype (kept), residual (B, T, C) fp32, size (B, T, 1) fp32 tokens
+    represented per token. r == 0 returns the inputs themselves.
+    """
+    _check_inputs(hidden, residual, size, r, cls_index)
+    if r == 0:
+        return hidden, residual, size, cls_index
+    num_tokens = hidden.shape[1]
+    hidden_free, size_free = _without_token(hidden, cls_index), _without_token(size, cls_index)
+    target, keep = _merge_targets(hidden_free, r)
+    kept = _kept_positions_in_order(keep, num_tokens - 1 - r)
+
+    # hidden, residual and a ones column side by side, weighted by the OLD sizes: one scatter merges
+    # all three with the same matching, and the ones column becomes the new sizes.
+    channels = hidden.shape[-1]
+    features = torch.cat([hidden_free.float(), _without_token(residual, cls_index), torch.ones_like(size_free)], -1)
+    merged = _gather_tokens(_sum_tokens_into(features * size_free, target), kept)
+    new_size = merged[..., 2 * channels :]
+    new_hidden = (merged[..., :channels] / new_size).to(hidden.dtype)
+    new_residual = merged[..., channels : 2 * channels] / new_size
+    new_cls = merged_cls_index(cls_index, num_tokens, r)
+
+    def class_token_back(x: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        return _with_token(x, original[:, cls_index : cls_index + 1], new_cls)
+
+    return (
+        class_token_back(new_hidden, hidden),
+        class_token_back(new_residual, residual),
+        class_token_back(new_size, size),
+        new_cls,
+    )
+
+
+def prune_tokens(
+    hidden: torch.Tensor, residual: torch.Tensor, size: torch.Tensor, r: int, cls_index: int
+) -> MergeResult:
+    """Drop the r least important tokens instead of merging them: the baseline to compare merging with.
+
+    Importance is the L2 norm of the token's hidden state (ties: the lowest index is dropped first).
+    The SSM-specific importance of arXiv 2409.18962 needs the scan's internal state, which a drop-in
+    replacement for merge_tokens does not see; the norm needs only the same inputs. Survivors keep
+    their values and sizes (the dropped sizes are lost) in spatial order; the class token is never
+    dropped and moves to the same index as with merge_tokens, so one schedule serves both.
+    """
+    _check_inputs(hidden, residual, size, r, cls_index)
+    if r == 0:
+        return hidden, residual, size, cls_index
+    num_tokens = hidden.shape[1]
+    importance = _without_token(hidden, cls_index).float().norm(dim=-1)
+    keep = ~_top_r_mask(-importance, r)
+    kept = _kept_positions_in_order(keep, num_tokens - 1 - r)
+    new_cls = merged_cls_index(cls_index, num_tokens, r)
+
+    def pruned(x: torch.Tensor) -> torch.Tensor:
+        survivors = _gather_tokens(_without_token(x, cls_index), kept)
+        return _with_token(survivors, x[:, cls_index : cls_index + 1], new_cls)
+
+    return pruned(hidden), pruned(residual), pruned(size), new_cls
