@@ -1,0 +1,84 @@
+"""The ``rmeeto-export`` command line: one Click group, one subcommand per job."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import click
+
+from rmeeto_export.errors import UserError
+
+
+class _Group(click.Group):
+    """Turns UserError into one line on stderr and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="rmeeto-export")
+def main() -> None:
+    """Vision Mamba + R-MeeTo token merging -> verified ONNX and TensorRT engines."""
+
+
+def model_option(func):
+    return click.option("--model", "model_name", default="vim_b", show_default=True, help="vim_t, vim_s or vim_b")(func)
+
+
+def merge_options(func):
+    func = click.option("--r", "merge_r", type=int, default=None, help="tokens merged per merge step (instead of --ratio)")(func)
+    return click.option("--ratio", type=float, default=None, help="R-MeeTo reduction ratio, e.g. 0.31")(func)
+
+
+@main.command()
+@model_option
+@merge_options
+@click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+def info(model_name: str, ratio: Optional[float], merge_r: Optional[int], as_json: bool) -> None:
+    """Parameters, GFLOPs, tokens and layers of a model, and its merge schedule."""
+    import torch
+
+    from rmeeto_export.models import create_model
+    from rmeeto_export.models.complexity import count_parameters, gflops, model_gflops
+
+    with torch.device("meta"):  # shapes only: no memory, no random init cost
+        model = create_model(model_name, merge_ratio=ratio, merge_r=merge_r)
+    cfg, schedule = model.cfg, model.schedule
+    plain_gflops = gflops(cfg, (cfg.num_tokens,) * cfg.depth)
+    merged_gflops = model_gflops(model)
+    report = {
+        "model": model_name,
+        "parameters": count_parameters(model),
+        "layers": cfg.depth,
+        "embed_dim": cfg.embed_dim,
+        "img_size": cfg.img_size,
+        "tokens": cfg.num_tokens,
+        "gflops": round(plain_gflops, 3),
+    }
+    if schedule.r:
+        report.update(
+            schedule=json.loads(schedule.to_json()),
+            gflops_merged=round(merged_gflops, 3),
+            theoretical_speedup=round(plain_gflops / merged_gflops, 3),
+        )
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{model_name}: {report['parameters'] / 1e6:.2f}M parameters, {cfg.depth} layers, "
+               f"{cfg.num_tokens} tokens at {cfg.img_size} px, {plain_gflops:.2f} GFLOPs")
+    if schedule.r:
+        click.echo(f"merge r={schedule.r} at blocks {', '.join(map(str, schedule.merge_blocks))} "
+                   f"(effective ratio {schedule.effective_ratio:.3f}); tokens in the last block: "
+                   f"{schedule.tokens_per_block[-1]}")
+        click.echo(f"GFLOPs {plain_gflops:.2f} -> {merged_gflops:.2f} "
+                   f"(theoretical speed-up {plain_gflops / merged_gflops:.2f}x)")

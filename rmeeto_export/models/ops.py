@@ -1,0 +1,185 @@
+"""The project's custom ops as torch.library ops in the ``rmeeto`` namespace.
+
+Each op has one PyTorch reference implementation that is the oracle for the ONNX function
+bodies and the CUDA kernels (DESIGN.md section 4). Fake implementations give static shapes
+for export; autograd is the vector-Jacobian product of the same reference, recomputed in
+backward, so re-training works on any device without a hand-written backward.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:  # mamba-ssm's fused CUDA kernels (forward and backward), only on CUDA machines.
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_selective_scan
+except Exception:  # noqa: BLE001 - its import fails in many ways without CUDA extensions
+    _mamba_selective_scan = None
+
+SCAN_BACKENDS = ("auto", "reference", "mamba_ssm")
+
+
+def selective_scan_reference(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = True,
+    reverse: bool = False,
+) -> Tensor:
+    """Selective scan, channel-major: u, delta, z (b, d, l); B, C (b, n, l); A (d, n).
+
+    Everything that can be is computed for all steps at once; only the recurrence
+    h_t = dA_t * h_{t-1} + dBu_t loops over time. Math is fp32, or fp64 for fp64 inputs.
+    """
+    compute = torch.promote_types(u.dtype, torch.float32)
+    u_c = u.to(compute)
+    dt = delta.to(compute)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    # Time-major (l, b, d, n) so that every step of the loop reads one contiguous slice.
+    dA = torch.exp(dt.permute(2, 0, 1).unsqueeze(-1) * A.to(compute))
+    dBu = (dt * u_c).permute(2, 0, 1).unsqueeze(-1) * B.to(compute).permute(2, 0, 1).unsqueeze(2)
+
+    length = u.shape[-1]
+    steps = range(length - 1, -1, -1) if reverse else range(length)
+    h = torch.zeros_like(dBu[0])
+    states = [h] * length
+    for t in steps:
+        h = torch.addcmul(dBu[t], dA[t], h)
+        states[t] = h
+    y = torch.einsum("lbdn,bnl->bdl", torch.stack(states), C.to(compute))
+    if D is not None:
+        y = y + D.to(compute)[:, None] * u_c
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    return y.to(u.dtype)
+
+
+def _token_merge_reference(hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_index: int):
+    from rmeeto_export.merge.rmeeto import merge_tokens  # merge imports nothing from models
+
+    merged_hidden, merged_residual, merged_size, _ = merge_tokens(hidden, residual, size, r, cls_index)
+    return merged_hidden, merged_residual, merged_size
+
+
+@torch.library.custom_op("rmeeto::selective_scan", mutates_args=())
+def _selective_scan_op(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor],
+    z: Optional[Tensor],
+    delta_bias: Optional[Tensor],
+    delta_softplus: bool,
+    reverse: bool,
+) -> Tensor:
+    return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+
+@_selective_scan_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    return torch.empty_like(u)
+
+
+@torch.library.custom_op("rmeeto::token_merge", mutates_args=())
+def _token_merge_op(hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_index: int) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(t.clone() if r == 0 else t for t in _token_merge_reference(hidden, residual, size, r, cls_index))
+
+
+@_token_merge_op.register_fake
+def _(hidden, residual, size, r, cls_index):
+    batch, tokens, _ = hidden.shape
+    kept = tokens - r
+    return (
+        hidden.new_empty(batch, kept, hidden.shape[-1]),
+        residual.new_empty(batch, kept, residual.shape[-1]),
+        size.new_empty(batch, kept, 1),
+    )
+
+
+def _register_autograd_by_recompute(op, reference: Callable, num_tensor_args: int) -> None:
+    """Backward = the VJP of ``reference``, re-run under autograd on the saved inputs."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.tensor_inputs = inputs[:num_tensor_args]
+        ctx.other_inputs = inputs[num_tensor_args:]
+
+    def backward(ctx, *grad_outputs):
+        with torch.enable_grad():
+            leaves = [
+                t.detach().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t
+                for t in ctx.tensor_inputs
+            ]
+            outputs = reference(*leaves, *ctx.other_inputs)
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            wanted = [t for t in leaves if isinstance(t, Tensor) and t.requires_grad]
+            pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None and o.requires_grad]
+            grads = torch.autograd.grad(
+                [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
+            ) if wanted and pairs else [None] * len(wanted)
+        grads_by_leaf = iter(grads)
+        tensor_grads = [
+            next(grads_by_leaf) if isinstance(t, Tensor) and t.requires_grad else None for t in leaves
+        ]
+        return (*tensor_grads, *([None] * len(ctx.other_inputs)))
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+_register_autograd_by_recompute(_selective_scan_op, selective_scan_reference, num_tensor_args=8)
+_register_autograd_by_recompute(_token_merge_op, _token_merge_reference, num_tensor_args=3)
+
+
+def _mamba_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    if not reverse:
+        return _mamba_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    flip = lambda t: None if t is None else t.flip(-1)  # noqa: E731
+    return _mamba_selective_scan(
+        flip(u), flip(delta), A, flip(B), flip(C), D, flip(z), delta_bias, delta_softplus
+    ).flip(-1)
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = True,
+    reverse: bool = False,
+    backend: str = "auto",
+) -> Tensor:
+    """y = selective scan (DESIGN.md section 2); ``reverse`` scans from the last step to the first.
+
+    backend "auto" uses mamba-ssm's fused kernels for CUDA tensors when they are installed and
+    the ``rmeeto::selective_scan`` op otherwise (the reference, or whatever CUDA kernel is
+    registered for the op, see rmeeto_export.kernels). "reference" always uses the op.
+    """
+    if backend not in SCAN_BACKENDS:
+        raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(SCAN_BACKENDS)}")
+    use_mamba = backend == "mamba_ssm" or (backend == "auto" and u.is_cuda and _mamba_selective_scan is not None)
+    if use_mamba:
+        if _mamba_selective_scan is None:
+            raise RuntimeError("scan backend 'mamba_ssm' requested but mamba_ssm's CUDA kernels are not importable")
+        return _mamba_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return torch.ops.rmeeto.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+
+def token_merge(hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_index: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One R-MeeTo merge step as the ``rmeeto::token_merge`` op: T tokens in, T - r out."""
+    return torch.ops.rmeeto.token_merge(hidden, residual, size, r, cls_index)

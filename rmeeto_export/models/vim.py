@@ -1,0 +1,284 @@
+"""Vision Mamba ("midclstok", bimamba v2) in pure PyTorch, with optional R-MeeTo merging.
+
+Module and parameter names follow the official checkpoints (DESIGN.md section 2) so that
+their state dicts load strictly; weight loading itself lives in weights.py. The backward
+direction of each mixer runs on the original token order: an anti-causal convolution and a
+reversed scan, so neither training nor the exported graph needs any flip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rmeeto_export.errors import UserError
+from rmeeto_export.merge.schedule import MergeSchedule, schedule_from_r, schedule_from_ratio
+from rmeeto_export.models import ops
+
+
+@dataclass(frozen=True)
+class VimConfig:
+    embed_dim: int
+    depth: int = 24
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    norm_eps: float = 1e-5
+    drop_path_rate: float = 0.0
+    scan_backend: str = "auto"
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.embed_dim
+
+    @property
+    def dt_rank(self) -> int:
+        return math.ceil(self.embed_dim / 16)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + 1
+
+    @property
+    def cls_index(self) -> int:
+        """The class token sits in the middle of the patch sequence."""
+        return self.num_patches // 2
+
+
+VARIANTS: dict[str, VimConfig] = {
+    "vim_t": VimConfig(embed_dim=192),
+    "vim_s": VimConfig(embed_dim=384),
+    "vim_b": VimConfig(embed_dim=768),
+}
+
+OVERRIDABLE = frozenset(
+    {"embed_dim", "depth", "img_size", "patch_size", "num_classes", "d_state", "drop_path_rate", "scan_backend"}
+)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm with the reduction in fp32 whatever the activation dtype."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (normed * weight.float()).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
+    """Stochastic depth: zero whole samples' branch output, rescaling the survivors."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class BiMambaMixer(nn.Module):
+    """Bidirectional Mamba mixer ("bimamba v2"): two selective-scan directions, averaged."""
+
+    def __init__(self, cfg: VimConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d_inner, n = cfg.d_inner, cfg.d_state
+        self.in_proj = nn.Linear(cfg.embed_dim, 2 * d_inner, bias=False)
+        self.out_proj = nn.Linear(d_inner, cfg.embed_dim, bias=False)
+        A_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d_inner, 1)
+        for suffix in ("", "_b"):
+            self.add_module("conv1d" + suffix, nn.Conv1d(d_inner, d_inner, cfg.d_conv, groups=d_inner, bias=True))
+            self.add_module("x_proj" + suffix, nn.Linear(d_inner, cfg.dt_rank + 2 * n, bias=False))
+            self.add_module("dt_proj" + suffix, nn.Linear(cfg.dt_rank, d_inner, bias=True))
+            self.register_parameter("A" + suffix + "_log", nn.Parameter(A_log.clone()))
+            self.register_parameter("D" + suffix, nn.Parameter(torch.ones(d_inner)))
+
+    def _direction(self, x: Tensor, z: Tensor, reverse: bool) -> Tensor:
+        suffix = "_b" if reverse else ""
+        conv: nn.Conv1d = getattr(self, "conv1d" + suffix)
+        x_proj: nn.Linear = getattr(self, "x_proj" + suffix)
+        dt_proj: nn.Linear = getattr(self, "dt_proj" + suffix)
+        cfg = self.cfg
+
+        # Causal forward; for the backward direction the same taps look ahead instead, which is
+        # the official "flip, causal conv, flip back" without moving any activation.
+        pad = (0, cfg.d_conv - 1) if reverse else (cfg.d_conv - 1, 0)
+        weight = conv.weight.flip(-1) if reverse else conv.weight
+        x = F.silu(F.conv1d(F.pad(x, pad), weight, conv.bias, groups=cfg.d_inner))
+
+        x_dbl = x_proj(x.transpose(1, 2))  # (b, l, dt_rank + 2n)
+        dt, B, C = torch.split(x_dbl, [cfg.dt_rank, cfg.d_state, cfg.d_state], dim=-1)
+        delta = (dt @ dt_proj.weight.t()).transpose(1, 2)  # dt_proj's bias is the scan's delta_bias
+        A = -torch.exp(getattr(self, "A" + suffix + "_log").float())
+        return ops.selective_scan(
+            x,
+            delta,
+            A,
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            getattr(self, "D" + suffix).float(),
+            z,
+            dt_proj.bias.float(),
+            delta_softplus=True,
+            reverse=reverse,
+            backend=cfg.scan_backend,
+        )
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        xz = self.in_proj(hidden).transpose(1, 2)  # (b, 2 * d_inner, l)
+        x, z = xz.chunk(2, dim=1)
+        y = self._direction(x, z, reverse=False) + self._direction(x, z, reverse=True)
+        return self.out_proj(y.transpose(1, 2) / 2)
+
+
+class Block(nn.Module):
+    """Pre-norm block in Mamba's "add -> norm -> mixer" order; the residual stream is fp32."""
+
+    def __init__(self, cfg: VimConfig, drop_path_rate: float) -> None:
+        super().__init__()
+        self.norm = RMSNorm(cfg.embed_dim, cfg.norm_eps)
+        self.mixer = BiMambaMixer(cfg)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, hidden: Tensor, residual: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        if residual is None:
+            residual = hidden.float()
+        else:
+            residual = residual + drop_path(hidden, self.drop_path_rate, self.training).float()
+        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
+        return hidden, residual
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: VimConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class Vim(nn.Module):
+    """Vision Mamba classifier; with a MergeSchedule it merges tokens the R-MeeTo way."""
+
+    def __init__(self, cfg: VimConfig, schedule: Optional[MergeSchedule] = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.schedule = schedule or schedule_from_r(cfg.depth, cfg.num_tokens, cfg.cls_index, 0)
+        check_schedule_fits(self.schedule, cfg)
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.embed_dim))
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.layers = nn.ModuleList(Block(cfg, rate) for rate in rates)
+        self.norm_f = RMSNorm(cfg.embed_dim, cfg.norm_eps)
+        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
+        init_weights(self)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        x = self.patch_embed(images)
+        cls_at = self.cfg.cls_index
+        x = torch.cat([x[:, :cls_at], self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x[:, cls_at:]], dim=1)
+        hidden, residual = x + self.pos_embed.to(x.dtype), None
+        size = None
+        schedule = self.schedule
+        for index, layer in enumerate(self.layers):
+            if index in schedule.merge_blocks:
+                if size is None:
+                    size = residual.new_ones(residual.shape[0], residual.shape[1], 1)
+                hidden, residual, size = ops.token_merge(
+                    hidden, residual, size, schedule.r, schedule.cls_index_per_block[index - 1]
+                )
+            hidden, residual = layer(hidden, residual)
+        residual = residual + drop_path(hidden, self.layers[-1].drop_path_rate, self.training).float()
+        final = self.norm_f(residual.to(self.norm_f.weight.dtype))
+        return final[:, schedule.cls_index_per_block[-1]]
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.forward_features(images))
+
+
+def check_schedule_fits(schedule: MergeSchedule, cfg: VimConfig) -> None:
+    expected = (cfg.depth, cfg.num_tokens, cfg.cls_index)
+    found = (schedule.depth, schedule.num_tokens, schedule.cls_index)
+    if found != expected:
+        raise UserError(
+            f"merge schedule is for depth/tokens/class index {found}, but the model has {expected}"
+        )
+
+
+def init_weights(model: Vim) -> None:
+    """Random initialisation in the spirit of Vim's: small embeddings, Mamba's dt and A ranges.
+
+    Used when no checkpoint is given, so that random-weight exports still exercise realistic
+    value ranges (positive step sizes, decaying states) in parity checks.
+    """
+    nn.init.trunc_normal_(model.pos_embed, std=0.02)
+    nn.init.trunc_normal_(model.cls_token, std=0.02)
+    nn.init.trunc_normal_(model.head.weight, std=0.02)
+    nn.init.zeros_(model.head.bias)
+    cfg = model.cfg
+    for layer in model.layers:
+        mixer = layer.mixer
+        nn.init.trunc_normal_(mixer.in_proj.weight, std=0.02)
+        nn.init.trunc_normal_(mixer.out_proj.weight, std=0.02 / math.sqrt(cfg.depth))
+        for suffix in ("", "_b"):
+            dt_proj: nn.Linear = getattr(mixer, "dt_proj" + suffix)
+            nn.init.uniform_(dt_proj.weight, -(cfg.dt_rank**-0.5), cfg.dt_rank**-0.5)
+            dt = torch.exp(torch.rand(cfg.d_inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            with torch.no_grad():
+                dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            nn.init.trunc_normal_(getattr(mixer, "x_proj" + suffix).weight, std=0.02)
+
+
+def resolve_config(name: str, **overrides) -> VimConfig:
+    if name not in VARIANTS:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(sorted(VARIANTS))}")
+    unknown = set(overrides) - OVERRIDABLE
+    if unknown:
+        raise UserError(f"unknown model override(s) {', '.join(sorted(unknown))}")
+    cfg = replace(VARIANTS[name], **overrides)
+    if cfg.img_size % cfg.patch_size:
+        raise UserError(f"img_size {cfg.img_size} is not a multiple of patch_size {cfg.patch_size}")
+    if cfg.scan_backend not in ops.SCAN_BACKENDS:
+        raise UserError(f"unknown scan backend {cfg.scan_backend!r}; choose one of {', '.join(ops.SCAN_BACKENDS)}")
+    return cfg
+
+
+def create_model(
+    name: str,
+    *,
+    merge_ratio: Optional[float] = None,
+    merge_r: Optional[int] = None,
+    schedule: Optional[MergeSchedule] = None,
+    **overrides,
+) -> Vim:
+    """Build a registered variant; ``merge_ratio``, ``merge_r`` or ``schedule`` turn on merging."""
+    cfg = resolve_config(name, **overrides)
+    given = [v is not None for v in (merge_ratio, merge_r, schedule)]
+    if sum(given) > 1:
+        raise UserError("give at most one of merge_ratio, merge_r and schedule")
+    if merge_ratio is not None:
+        schedule = schedule_from_ratio(cfg.depth, cfg.num_tokens, cfg.cls_index, merge_ratio)
+    elif merge_r is not None:
+        schedule = schedule_from_r(cfg.depth, cfg.num_tokens, cfg.cls_index, merge_r)
+    return Vim(cfg, schedule)
