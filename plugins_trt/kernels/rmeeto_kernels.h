@@ -1,0 +1,81 @@
+/*
+ * Plain C API of the rmeeto CUDA kernels: selective scan forward and one R-MeeTo token merge step.
+ *
+ * This header depends on the CUDA runtime only (for cudaStream_t), so the same kernels serve the
+ * TensorRT plugins, a ctypes binding and any other host code. All tensors are dense, row-major
+ * (contiguous) device buffers. No function synchronises with the host; every launch goes on `stream`.
+ */
+#ifndef RMEETO_KERNELS_H
+#define RMEETO_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#if defined(_WIN32)
+#define RMEETO_API __declspec(dllexport)
+#else
+#define RMEETO_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum rmeeto_status
+{
+    RMEETO_STATUS_SUCCESS = 0,
+    RMEETO_STATUS_INVALID_ARGUMENT = 1, /* null pointer, non-positive size, r or cls_index out of range */
+    RMEETO_STATUS_UNSUPPORTED = 2,      /* valid but not compiled: d_state, dtype, channel count */
+    RMEETO_STATUS_WORKSPACE_TOO_SMALL = 3,
+    RMEETO_STATUS_CUDA_ERROR = 4 /* a kernel launch failed; cudaGetLastError() has the cause */
+} rmeeto_status_t;
+
+/* Element type of the activations. Values are part of the ABI (the ctypes binding uses them). */
+typedef enum rmeeto_dtype
+{
+    RMEETO_DTYPE_FLOAT32 = 0,
+    RMEETO_DTYPE_FLOAT16 = 1,
+    RMEETO_DTYPE_BFLOAT16 = 2
+} rmeeto_dtype_t;
+
+RMEETO_API const char* rmeeto_status_string(rmeeto_status_t status);
+
+/* ---- selective scan forward -------------------------------------------------------------------
+ * Per batch b, channel d, state n, step t, in fp32 (mamba-ssm selective_scan_ref semantics):
+ *   dt = delta_softplus ? softplus(delta + delta_bias) : delta + delta_bias
+ *   h_t = exp(dt_t * A[d,n]) * h_{t-1} + dt_t * B[b,n,t] * u[b,d,t]
+ *   y_t = sum_n h_t[n] * C[b,n,t];   out = (y + D[d] * u) * SiLU(z)
+ * reverse != 0 scans t = seqlen-1 .. 0 (the state runs backwards in time).
+ * Shapes: u, delta, z, out (batch, dim, seqlen); B, C (batch, dstate, seqlen) in `dtype`;
+ * A (dim, dstate) fp32; D, delta_bias (dim,) fp32. D, z and delta_bias may be NULL (absent).
+ */
+RMEETO_API int rmeeto_selective_scan_supports_dstate(int32_t dstate);
+
+RMEETO_API size_t rmeeto_selective_scan_workspace_size(int32_t batch, int32_t dim, int32_t dstate, int32_t seqlen);
+
+RMEETO_API rmeeto_status_t rmeeto_selective_scan_fwd(rmeeto_dtype_t dtype, int32_t batch, int32_t dim,
+    int32_t dstate, int32_t seqlen, const void* u, const void* delta, const float* A, const void* B, const void* C,
+    const float* D, const void* z, const float* delta_bias, int32_t delta_softplus, int32_t reverse, void* out,
+    cudaStream_t stream);
+
+/* ---- token merge (one R-MeeTo step) -------------------------------------------------------------
+ * hidden (batch, tokens, channels) in `dtype`; residual (batch, tokens, channels) fp32;
+ * size (batch, tokens, 1) fp32. Outputs have tokens - r tokens, same dtypes.
+ * The class token at cls_index is never merged and lands at (cls_index * (tokens - r)) / tokens.
+ * Constraints: 0 <= r <= (tokens - 1) / 2, 0 <= cls_index < tokens.
+ * `workspace` must hold rmeeto_token_merge_workspace_size(batch, tokens, r) bytes, 256-byte aligned.
+ */
+RMEETO_API size_t rmeeto_token_merge_workspace_size(int32_t batch, int32_t tokens, int32_t r);
+
+RMEETO_API rmeeto_status_t rmeeto_token_merge(rmeeto_dtype_t dtype, int32_t batch, int32_t tokens,
+    int32_t channels, int32_t r, int32_t cls_index, const void* hidden, const float* residual, const float* size,
+    void* hidden_out, float* residual_out, float* size_out, void* workspace, size_t workspace_bytes,
+    cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RMEETO_KERNELS_H */

@@ -1,0 +1,15 @@
+// Human-readable text for the C API's status codes (used by the plugins' logs and the ctypes binding).
+#include "rmeeto_kernels.h"
+
+extern "C" const char* rmeeto_status_string(rmeeto_status_t status)
+{
+    switch (status)
+    {
+    case RMEETO_STATUS_SUCCESS: return "success";
+    case RMEETO_STATUS_INVALID_ARGUMENT: return "invalid argument (null pointer, bad size, r or cls_index out of range)";
+    case RMEETO_STATUS_UNSUPPORTED: return "unsupported configuration (d_state, dtype or size not compiled)";
+    case RMEETO_STATUS_WORKSPACE_TOO_SMALL: return "workspace too small";
+    case RMEETO_STATUS_CUDA_ERROR: return "CUDA kernel launch failed";
+    }
+    return "unknown status";
+}
