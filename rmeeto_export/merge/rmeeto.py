@@ -143,11 +143,14 @@ def merge_tokens(
     # hidden, residual and a ones column side by side, weighted by the OLD sizes: one scatter merges
     # all three with the same matching, and the ones column becomes the new sizes.
     channels = hidden.shape[-1]
-    features = torch.cat([hidden_free.float(), _without_token(residual, cls_index), torch.ones_like(size_free)], -1)
+    compute = torch.promote_types(hidden.dtype, residual.dtype)  # fp32, or fp64 for gradient checks
+    features = torch.cat(
+        [hidden_free.to(compute), _without_token(residual, cls_index).to(compute), torch.ones_like(size_free)], -1
+    )
     merged = _gather_tokens(_sum_tokens_into(features * size_free, target), kept)
     new_size = merged[..., 2 * channels :]
     new_hidden = (merged[..., :channels] / new_size).to(hidden.dtype)
-    new_residual = merged[..., channels : 2 * channels] / new_size
+    new_residual = (merged[..., channels : 2 * channels] / new_size).to(residual.dtype)
     new_cls = merged_cls_index(cls_index, num_tokens, r)
 
     def class_token_back(x: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

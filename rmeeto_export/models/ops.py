@@ -62,7 +62,7 @@ def selective_scan_reference(
         y = y + D.to(compute)[:, None] * u_c
     if z is not None:
         y = y * F.silu(z.to(compute))
-    return y.to(u.dtype)
+    return y.to(u.dtype).contiguous()
 
 
 def _token_merge_reference(hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_index: int):
@@ -90,7 +90,7 @@ def _selective_scan_op(
 
 @_selective_scan_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    return torch.empty_like(u)
+    return u.new_empty(u.shape)
 
 
 @torch.library.custom_op("rmeeto::token_merge", mutates_args=())
