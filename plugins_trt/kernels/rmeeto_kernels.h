@@ -64,9 +64,12 @@ RMEETO_API rmeeto_status_t rmeeto_selective_scan_fwd(rmeeto_dtype_t dtype, int32
  * hidden (batch, tokens, channels) in `dtype`; residual (batch, tokens, channels) fp32;
  * size (batch, tokens, 1) fp32. Outputs have tokens - r tokens, same dtypes.
  * The class token at cls_index is never merged and lands at (cls_index * (tokens - r)) / tokens.
- * Constraints: 0 <= r <= (tokens - 1) / 2, 0 <= cls_index < tokens.
+ * Constraints: 0 <= r <= rmeeto_token_merge_max_r(tokens), 0 <= cls_index < tokens.
  * `workspace` must hold rmeeto_token_merge_workspace_size(batch, tokens, r) bytes, 256-byte aligned.
  */
+/* Largest r one step can merge: min(tokens / 2, tokens - 2), tokens / 2 being the number of sources. */
+RMEETO_API int32_t rmeeto_token_merge_max_r(int32_t tokens);
+
 RMEETO_API size_t rmeeto_token_merge_workspace_size(int32_t batch, int32_t tokens, int32_t r);
 
 RMEETO_API rmeeto_status_t rmeeto_token_merge(rmeeto_dtype_t dtype, int32_t batch, int32_t tokens,

@@ -13,6 +13,7 @@
 // sources (source i sits at free position 2i), its odd positions the destinations (2j + 1).
 #include "common.cuh"
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 
@@ -319,24 +320,44 @@ __global__ void __launch_bounds__(kMergeThreads) mergeGatherKernel(MergeShape sh
     const int32_t token = ws.outToken[outRow];
     const int32_t firstSource = ws.outChain[outRow];
 
-    const float ownSize = size[inRows + token];
-    float total = ownSize;
+    // The class token passes through untouched (weight 1, not its size), as in the reference.
+    const bool isCls = token == shape.clsIndex;
+    const float ownWeight = isCls ? 1.f : size[inRows + token];
+    // Destinations sit at odd free positions; sources sum in position order around them, like
+    // the reference's index_add, so a CPU reference agrees bit for bit.
+    const int32_t ownSlot = isCls ? INT_MAX : (token - (token > shape.clsIndex ? 1 : 0)) / 2;
+    float weight = ownWeight;
     for (int32_t i = firstSource; i >= 0; i = chainNext[i])
     {
-        total += size[inRows + shape.tokenOf(2 * i)];
+        weight += size[inRows + shape.tokenOf(2 * i)];
     }
+    const float total = weight;
 
     for (int64_t c = lane; c < channels; c += kWarpSize)
     {
         const int64_t own = (inRows + token) * channels + c;
-        float h = toFloat(hidden[own]) * ownSize;
-        float res = residual[own] * ownSize;
+        const float ownHidden = toFloat(hidden[own]) * ownWeight;
+        const float ownResidual = residual[own] * ownWeight;
+        float h = 0.f;
+        float res = 0.f;
+        bool ownAdded = false;
         for (int32_t i = firstSource; i >= 0; i = chainNext[i])
         {
+            if (!ownAdded && i > ownSlot)
+            {
+                h += ownHidden;
+                res += ownResidual;
+                ownAdded = true;
+            }
             const int64_t src = inRows + shape.tokenOf(2 * i);
             const float w = size[src];
             h += toFloat(hidden[src * channels + c]) * w;
             res += residual[src * channels + c] * w;
+        }
+        if (!ownAdded)
+        {
+            h += ownHidden;
+            res += ownResidual;
         }
         hiddenOut[outRow * channels + c] = fromFloat<T>(h / total);
         residualOut[outRow * channels + c] = res / total;
@@ -365,9 +386,15 @@ constexpr int32_t kMaxChannels = kDynamicSharedBudget / sizeof(float);
 } // namespace
 } // namespace rmeeto
 
+extern "C" int32_t rmeeto_token_merge_max_r(int32_t tokens)
+{
+    // Every source may merge, as long as one destination and the class token remain.
+    return tokens < 2 ? 0 : std::min(tokens / 2, tokens - 2);
+}
+
 extern "C" size_t rmeeto_token_merge_workspace_size(int32_t batch, int32_t tokens, int32_t r)
 {
-    if (batch <= 0 || tokens <= 0 || r < 0 || r > (tokens - 1) / 2)
+    if (batch <= 0 || tokens <= 0 || r < 0 || r > rmeeto_token_merge_max_r(tokens))
     {
         return 0;
     }
@@ -380,7 +407,7 @@ extern "C" rmeeto_status_t rmeeto_token_merge(rmeeto_dtype_t dtype, int32_t batc
     cudaStream_t stream)
 {
     using namespace rmeeto;
-    if (batch <= 0 || batch > 65535 || tokens <= 0 || channels <= 0 || r < 0 || r > (tokens - 1) / 2
+    if (batch <= 0 || batch > 65535 || tokens <= 0 || channels <= 0 || r < 0 || r > rmeeto_token_merge_max_r(tokens)
         || cls_index < 0 || cls_index >= tokens || hidden == nullptr || residual == nullptr || size == nullptr
         || hidden_out == nullptr || residual_out == nullptr || size_out == nullptr || workspace == nullptr)
     {

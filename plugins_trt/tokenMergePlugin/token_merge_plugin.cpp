@@ -56,10 +56,10 @@ int32_t TokenMergePlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc cons
     }
     // Token counts are static in an exported graph; check the schedule against them at build time.
     int64_t const tokens = in[kHidden].desc.dims.d[1];
-    if (tokens >= 0 && (r() > (tokens - 1) / 2 || clsIndex() >= tokens))
+    if (tokens >= 0 && (r() > rmeeto_token_merge_max_r(static_cast<int32_t>(tokens)) || clsIndex() >= tokens))
     {
         logError("TokenMerge: r=" + std::to_string(r()) + " cls_index=" + std::to_string(clsIndex())
-            + " do not fit " + std::to_string(tokens) + " tokens (need r <= (T-1)/2, cls_index < T)");
+            + " do not fit " + std::to_string(tokens) + " tokens (need r <= min(T/2, T-2), cls_index < T)");
         return -1;
     }
     return 0;
