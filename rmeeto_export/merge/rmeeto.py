@@ -124,6 +124,14 @@ def _merge_targets(hidden_free: torch.Tensor, r: int) -> tuple[torch.Tensor, tor
     return target, keep
 
 
+def _to_full_sequence(free_positions: torch.Tensor, cls_index: int, cls_slot: int) -> torch.Tensor:
+    """Class-free positions -> positions in the full sequence, with the class token's own position
+    inserted at column cls_slot."""
+    full_positions = free_positions + (free_positions >= cls_index).to(free_positions.dtype)
+    cls_column = torch.full_like(full_positions[:, :1], cls_index)
+    return _with_token(full_positions, cls_column, cls_slot)
+
+
 def merge_tokens(
     hidden: torch.Tensor, residual: torch.Tensor, size: torch.Tensor, r: int, cls_index: int
 ) -> MergeResult:
@@ -135,33 +143,28 @@ def merge_tokens(
     _check_inputs(hidden, residual, size, r, cls_index)
     if r == 0:
         return hidden, residual, size, cls_index
-    num_tokens = hidden.shape[1]
-    hidden_free, size_free = _without_token(hidden, cls_index), _without_token(size, cls_index)
-    target, keep = _merge_targets(hidden_free, r)
-    kept = _kept_positions_in_order(keep, num_tokens - 1 - r)
+    num_tokens, channels = hidden.shape[1:]
+    new_cls = merged_cls_index(cls_index, num_tokens, r)
+    target_free, keep_free = _merge_targets(_without_token(hidden, cls_index), r)
+    # Matching and survivor order are decided class-free, then mapped onto the full sequence: the
+    # class token sums into itself and is read back at new_cls, so no feature tensor is re-cut.
+    target = _to_full_sequence(target_free, cls_index, cls_index)
+    output_positions = _to_full_sequence(
+        _kept_positions_in_order(keep_free, num_tokens - 1 - r), cls_index, new_cls
+    )
 
     # hidden, residual and a ones column side by side, weighted by the OLD sizes: one scatter merges
     # all three with the same matching, and the ones column becomes the new sizes.
-    channels = hidden.shape[-1]
     compute = torch.promote_types(hidden.dtype, residual.dtype)  # fp32, or fp64 for gradient checks
-    features = torch.cat(
-        [hidden_free.to(compute), _without_token(residual, cls_index).to(compute), torch.ones_like(size_free)], -1
-    )
-    merged = _gather_tokens(_sum_tokens_into(features * size_free, target), kept)
+    features = torch.cat([hidden.to(compute), residual.to(compute), torch.ones_like(size, dtype=compute)], -1)
+    merged = _gather_tokens(_sum_tokens_into(features * size, target), output_positions)
     new_size = merged[..., 2 * channels :]
     new_hidden = (merged[..., :channels] / new_size).to(hidden.dtype)
     new_residual = (merged[..., channels : 2 * channels] / new_size).to(residual.dtype)
-    new_cls = merged_cls_index(cls_index, num_tokens, r)
-
-    def class_token_back(x: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-        return _with_token(x, original[:, cls_index : cls_index + 1], new_cls)
-
-    return (
-        class_token_back(new_hidden, hidden),
-        class_token_back(new_residual, residual),
-        class_token_back(new_size, size),
-        new_cls,
-    )
+    # (x * size) / size can be one rounding off x: copy the class token so it stays bit-exact.
+    new_hidden[:, new_cls] = hidden[:, cls_index]
+    new_residual[:, new_cls] = residual[:, cls_index]
+    return new_hidden, new_residual, new_size.to(size.dtype).contiguous(), new_cls
 
 
 def prune_tokens(
