@@ -1,0 +1,235 @@
+"""ctypes binding of librmeeto_kernels.so: the project's CUDA kernels on CUDA torch tensors.
+
+The same kernels run inside the TensorRT plugins (plugins_trt/), so testing them here against the
+PyTorch references tests the plugins' numerics too. Launches go on the tensors' current CUDA stream
+and never synchronise with the host; scratch memory comes from PyTorch's caching allocator.
+
+``register_cuda_kernels()`` makes these the CUDA implementations of the ``rmeeto::selective_scan``
+and ``rmeeto::token_merge`` ops, so the model runs on a GPU with them (the "kernels" backend).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from rmeeto_export.errors import UserError
+
+LIBRARY_ENV_VAR = "RMEETO_KERNELS_LIB"
+LIBRARY_NAME = "librmeeto_kernels.so"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_BUILD_SUBDIR = Path("build") / "plugins_trt"
+
+# Values of rmeeto_dtype_t in plugins_trt/kernels/rmeeto_kernels.h.
+_KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def library_candidates() -> list[Path]:
+    """Where the library is looked for, in order: $RMEETO_KERNELS_LIB, build/plugins_trt/, the package."""
+    explicit = os.environ.get(LIBRARY_ENV_VAR)
+    if explicit:
+        return [Path(explicit)]
+    build_dirs = [Path.cwd() / _BUILD_SUBDIR, _PACKAGE_DIR.parent / _BUILD_SUBDIR]
+    return [directory / LIBRARY_NAME for directory in dict.fromkeys(build_dirs)] + [_PACKAGE_DIR / LIBRARY_NAME]
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    i32, ptr, size_t = ctypes.c_int32, ctypes.c_void_p, ctypes.c_size_t
+    signatures = {
+        "rmeeto_status_string": ([i32], ctypes.c_char_p),
+        "rmeeto_selective_scan_supports_dstate": ([i32], ctypes.c_int),
+        "rmeeto_selective_scan_fwd": ([i32] * 5 + [ptr] * 8 + [i32, i32, ptr, ptr], i32),
+        "rmeeto_token_merge_max_r": ([i32], i32),
+        "rmeeto_token_merge_workspace_size": ([i32, i32, i32], size_t),
+        "rmeeto_token_merge": ([i32] * 6 + [ptr] * 7 + [size_t, ptr], i32),
+    }
+    for name, (argtypes, restype) in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, restype
+    return lib
+
+
+@functools.cache
+def load_library() -> ctypes.CDLL:
+    """The loaded kernels library; UserError naming the paths tried when there is none."""
+    candidates = library_candidates()
+    for path in candidates:
+        if path.is_file():
+            try:
+                return _declare(ctypes.CDLL(str(path)))
+            except (OSError, AttributeError) as error:
+                raise UserError(f"cannot load {path}: {error}; rebuild it with `make plugins`") from error
+    tried = ", ".join(str(path) for path in candidates)
+    raise UserError(
+        f"{LIBRARY_NAME} not found (tried {tried}); build it with `make plugins` "
+        f"or point {LIBRARY_ENV_VAR} at the file"
+    )
+
+
+def _check_status(status: int, what: str) -> None:
+    if status != 0:
+        message = load_library().rmeeto_status_string(status).decode()
+        raise RuntimeError(f"{what} failed: {message}")
+
+
+def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _require_cuda(device: torch.device, tensors: dict[str, Optional[Tensor]]) -> None:
+    if device.type != "cuda":
+        raise UserError(f"the CUDA kernels need CUDA tensors, got {device}")
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.device != device:
+            raise UserError(f"{name} is on {tensor.device}, expected {device} like the other inputs")
+
+
+def _require_shape(name: str, tensor: Optional[Tensor], shape: tuple[int, ...]) -> None:
+    if tensor is not None and tuple(tensor.shape) != shape:
+        raise UserError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+
+
+def selective_scan_supported(u: Tensor, B: Tensor) -> bool:
+    """Whether the compiled kernels cover these inputs (dtype and d_state)."""
+    return (
+        u.dim() == 3
+        and B.dim() == 3
+        and u.dtype in _KERNEL_DTYPES
+        and bool(load_library().rmeeto_selective_scan_supports_dstate(B.shape[1]))
+    )
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = True,
+    reverse: bool = False,
+) -> Tensor:
+    """Selective scan forward on the GPU; same semantics as models.ops.selective_scan_reference.
+
+    u, delta, z (b, d, l); B, C (b, n, l); A (d, n); D, delta_bias (d,). Activations of mixed dtypes
+    run in fp32 (the reference's math dtype); the result has u's dtype.
+    """
+    if u.dim() != 3 or B.dim() != 3:
+        raise UserError(f"u and B must be 3-D (batch, channels|states, length), got {tuple(u.shape)}, {tuple(B.shape)}")
+    batch, dim, length = u.shape
+    dstate = B.shape[1]
+    for name, tensor, shape in (
+        ("delta", delta, (batch, dim, length)),
+        ("z", z, (batch, dim, length)),
+        ("B", B, (batch, dstate, length)),
+        ("C", C, (batch, dstate, length)),
+        ("A", A, (dim, dstate)),
+        ("D", D, (dim,)),
+        ("delta_bias", delta_bias, (dim,)),
+    ):
+        _require_shape(name, tensor, shape)
+    _require_cuda(u.device, {"delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
+    if u.dtype not in _KERNEL_DTYPES:
+        raise UserError(f"selective_scan kernel supports float32/float16/bfloat16 activations, got {u.dtype}")
+    lib = load_library()
+    if not lib.rmeeto_selective_scan_supports_dstate(dstate):
+        raise UserError(f"selective_scan kernel is compiled for d_state 8, 16, 32, 64, got {dstate}")
+    if u.numel() == 0:
+        return torch.empty_like(u)
+
+    activations = [u, delta, B, C] + ([z] if z is not None else [])
+    act_dtype = u.dtype if all(t.dtype == u.dtype for t in activations) else torch.float32
+    act = lambda t: None if t is None else t.to(act_dtype).contiguous()  # noqa: E731
+    fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
+    u_c, delta_c, B_c, C_c, z_c = act(u), act(delta), act(B), act(C), act(z)
+    A_c, D_c, bias_c = fp32(A), fp32(D), fp32(delta_bias)
+    out = torch.empty_like(u_c)
+    with torch.cuda.device(u.device):
+        status = lib.rmeeto_selective_scan_fwd(
+            _KERNEL_DTYPES[act_dtype], batch, dim, dstate, length,
+            _pointer(u_c), _pointer(delta_c), _pointer(A_c), _pointer(B_c), _pointer(C_c),
+            _pointer(D_c), _pointer(z_c), _pointer(bias_c),
+            int(delta_softplus), int(reverse), _pointer(out), _stream(u.device),
+        )  # fmt: skip
+    _check_status(status, "rmeeto_selective_scan_fwd")
+    return out.to(u.dtype)
+
+
+def token_merge(hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_index: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One R-MeeTo merge step on the GPU; same semantics as merge.rmeeto.merge_tokens (without new_cls)."""
+    if hidden.dim() != 3:
+        raise UserError(f"hidden must be (batch, tokens, channels), got shape {tuple(hidden.shape)}")
+    batch, tokens, channels = hidden.shape
+    _require_shape("residual", residual, (batch, tokens, channels))
+    _require_shape("size", size, (batch, tokens, 1))
+    _require_cuda(hidden.device, {"residual": residual, "size": size})
+    if hidden.dtype not in _KERNEL_DTYPES:
+        raise UserError(f"token_merge kernel supports float32/float16/bfloat16 hidden, got {hidden.dtype}")
+    if not 0 <= cls_index < tokens:
+        raise UserError(f"cls_index {cls_index} is outside the {tokens} tokens")
+    lib = load_library()
+    max_r = lib.rmeeto_token_merge_max_r(tokens)
+    if not 0 <= r <= max_r:
+        raise UserError(f"r={r} is impossible for {tokens} tokens: one step can remove 0 to {max_r}")
+    if r == 0 or hidden.numel() == 0:  # the op's contract for r == 0: fresh copies, bit-identical
+        return hidden.clone(), residual.clone(), size.clone()
+
+    hidden_c = hidden.contiguous()
+    residual_c, size_c = residual.float().contiguous(), size.float().contiguous()
+    hidden_out = hidden.new_empty(batch, tokens - r, channels)
+    residual_out = residual_c.new_empty(batch, tokens - r, channels)
+    size_out = size_c.new_empty(batch, tokens - r, 1)
+    workspace_bytes = lib.rmeeto_token_merge_workspace_size(batch, tokens, r)
+    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=hidden.device)
+    with torch.cuda.device(hidden.device):
+        status = lib.rmeeto_token_merge(
+            _KERNEL_DTYPES[hidden.dtype], batch, tokens, channels, r, cls_index,
+            _pointer(hidden_c), _pointer(residual_c), _pointer(size_c),
+            _pointer(hidden_out), _pointer(residual_out), _pointer(size_out),
+            _pointer(workspace), workspace_bytes, _stream(hidden.device),
+        )  # fmt: skip
+    _check_status(status, "rmeeto_token_merge")
+    return hidden_out, residual_out, size_out
+
+
+def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    if not selective_scan_supported(u, B):  # e.g. fp64 or an uncompiled d_state: keep the op total
+        from rmeeto_export.models.ops import selective_scan_reference
+
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+
+def _token_merge_cuda(hidden, residual, size, r, cls_index):
+    if hidden.dtype in _KERNEL_DTYPES:
+        return token_merge(hidden, residual, size, r, cls_index)
+    from rmeeto_export.merge.rmeeto import merge_tokens
+
+    # An op's outputs must never alias its inputs, which merge_tokens returns as-is for r == 0.
+    return tuple(t.clone() for t in merge_tokens(hidden, residual, size, r, cls_index)[:3])
+
+
+@functools.cache
+def register_cuda_kernels() -> None:
+    """Make the CUDA kernels the "cuda" implementations of rmeeto::selective_scan and rmeeto::token_merge.
+
+    Idempotent. Raises UserError when the library is missing, so a requested GPU backend never
+    falls back to the slow reference silently.
+    """
+    import rmeeto_export.models.ops  # noqa: F401 - defines the ops being extended
+
+    load_library()
+    torch.library.register_kernel("rmeeto::selective_scan", "cuda", _selective_scan_cuda)
+    torch.library.register_kernel("rmeeto::token_merge", "cuda", _token_merge_cuda)
