@@ -6,7 +6,8 @@ TensorRT plugin, so every decision is spelled out and deterministic:
 - metric: hidden without the class token, in fp32, L2-normalised over channels (F.normalize, so an
   all-zero token scores 0 instead of NaN);
 - bipartite split of the class-free sequence: even positions are sources, odd are destinations;
-- score = cosine similarity; each source picks its best destination (ties: lowest destination index);
+- score = cosine similarity, NaN (from inf/NaN features) counted as -inf so that ranks stay a total
+  order; each source picks its best destination (ties: lowest destination index);
 - sources are ranked by best score, descending, ties by lowest source index; the top r merge;
 - merge = size-weighted average: x * size is summed into the destination (hidden and residual, the
   same matching, the OLD sizes), sizes add, then every token is divided by its new size;
@@ -113,6 +114,7 @@ def _merge_targets(hidden_free: torch.Tensor, r: int) -> tuple[torch.Tensor, tor
     """
     metric = F.normalize(hidden_free.float(), dim=-1)
     scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)
+    scores = scores.nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN: a total order
     best_score, best_destination = scores.max(dim=-1)  # max returns the first maximal index
     merged = _top_r_mask(best_score, r)
     batch, n = hidden_free.shape[:2]

@@ -4,6 +4,8 @@ The oracle here is a slow loop that follows the spec step by step on plain Pytho
 independently of the vectorised implementation.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -16,11 +18,13 @@ FP32_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity by the spec: 0 for an all-zero token, -inf where it is NaN."""
     a, b = a.float(), b.float()
     norm_a, norm_b = a.norm().item(), b.norm().item()
     if norm_a == 0 or norm_b == 0:
         return 0.0
-    return torch.dot(a / norm_a, b / norm_b).item()
+    score = torch.dot(a / norm_a, b / norm_b).item()
+    return float("-inf") if math.isnan(score) else score
 
 
 def reference_merge_one(hidden, residual, size, r, cls_index):
@@ -112,6 +116,18 @@ def test_agrees_with_the_loop_reference_when_scores_tie_everywhere(num_tokens, c
     hidden = torch.nn.functional.one_hot(directions, 8).float() * torch.rand(2, num_tokens, 1, generator=generator)
     _, residual, size = random_inputs(2, num_tokens, 8, generator)
     assert_matches_reference(hidden, residual, size, r, cls_index, FP32_TOLERANCE)
+
+
+def test_non_finite_tokens_still_merge_exactly_r_and_agree_with_the_reference():
+    generator = torch.Generator().manual_seed(5)
+    hidden, residual, size = random_inputs(2, 21, 8, generator)
+    hidden[0, 3] = float("nan")
+    hidden[1, 4] = float("inf")
+    got = merge_tokens(hidden, residual, size, 6, 10)
+    expected = reference_merge(hidden, residual, size, 6, 10)
+    assert got[0].shape == (2, 15, 8)
+    for got_tensor, expected_tensor in zip(got[:3], expected[:3]):
+        torch.testing.assert_close(got_tensor.double(), expected_tensor, equal_nan=True, **FP32_TOLERANCE)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
