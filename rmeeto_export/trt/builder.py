@@ -1,0 +1,193 @@
+"""ONNX -> serialized TensorRT / TensorRT-RTX engine, strongly typed, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import onnx
+
+from rmeeto_export.errors import UserError
+from rmeeto_export.trt.backend import Backend, load_backend
+from rmeeto_export.trt.files import write_bytes_atomic
+from rmeeto_export.trt.graph import (
+    check_custom_nodes_became_plugins,
+    custom_nodes,
+    custom_nodes_without_function,
+    without_plugin_functions,
+)
+from rmeeto_export.trt.plugins import PluginSource, load_plugins
+from rmeeto_export.trt.record import BuildRecord, write_record
+from rmeeto_export.trt.targets import (
+    DEFAULT_RTX_TARGET,
+    ComputeCapability,
+    check_precision_supported,
+    current_gpu,
+    parse_compute_capability,
+    rtx_compute_capability_enum,
+    sm_name,
+)
+
+BatchRange = tuple[int, int, int]  # min, opt, max of an optimization profile
+BatchSpec = Union[int, BatchRange, None]
+
+
+def build_engine(
+    onnx_path: Union[str, Path],
+    engine_path: Union[str, Path],
+    *,
+    backend: str = "auto",
+    plugins: str = "auto",
+    precision: str = "fp32",
+    batch: BatchSpec = None,
+    target_cc: Optional[str] = None,
+    timing_cache: Union[str, Path, None] = None,
+) -> BuildRecord:
+    """Builds ``onnx_path`` into ``engine_path`` and writes the build record to ``engine_path``.json.
+
+    precision is the one the graph carries (casts / Q-DQ are in the ONNX; builds are strongly
+    typed): it is checked against the target and recorded. batch: an int or (min, opt, max) for a
+    graph with a dynamic batch dimension (default 1); for a fixed-batch graph it must match.
+    target_cc: TensorRT-RTX's ahead-of-time target (sm86, sm89, sm120...; default the GPU here,
+    else sm89); full TensorRT always builds for the GPU it runs on.
+    """
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    started = time.perf_counter()
+    trt_backend = load_backend(backend)
+    model = _load_onnx(onnx_path)
+    cc, gpu_name = resolve_target(trt_backend, target_cc)
+    check_precision_supported(precision, cc)
+    plugin_source = load_plugins(trt_backend, plugins) if custom_nodes(model) else None
+    if custom_nodes(model) and plugin_source is None and custom_nodes_without_function(model):
+        raise UserError(
+            f"{onnx_path} has custom nodes without function bodies ({', '.join(custom_nodes_without_function(model))}): "
+            "build it with plugins or export the portable graph"
+        )
+    trt = trt_backend.trt
+    builder = trt.Builder(trt_backend.logger)
+    network = builder.create_network(_strongly_typed_flags(trt))
+    _parse(trt_backend, network, without_plugin_functions(model) if plugin_source else model, onnx_path)
+    if plugin_source is not None:
+        check_custom_nodes_became_plugins(trt, network, model)
+
+    config = builder.create_builder_config()
+    if trt_backend.is_rtx:
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(rtx_compute_capability_enum(trt, cc), 0)
+    batch_range = _add_batch_profile(builder, config, network, batch)
+    cache = _attach_timing_cache(trt_backend, config, timing_cache)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build {onnx_path}: {' | '.join(trt_backend.logger.take_errors())}")
+    engine = bytes(serialized)
+    write_bytes_atomic(engine_path, engine)
+    if cache is not None:
+        write_bytes_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+    record = BuildRecord(
+        trt_flavour=trt_backend.flavour,
+        trt_version=trt_backend.version,
+        target=sm_name(cc),
+        gpu_name=gpu_name,
+        precision=precision,
+        batch=dict(zip(("min", "opt", "max"), batch_range)),
+        plugins=plugin_source,
+        flags={
+            "strongly_typed": True,
+            "timing_cache": None if cache is None else str(timing_cache),
+            "plugin_mode": plugins,
+        },
+        build_seconds=round(time.perf_counter() - started, 3),
+        engine_bytes=len(engine),
+        engine_sha256=hashlib.sha256(engine).hexdigest(),
+    )
+    write_record(engine_path, record)
+    return record
+
+
+def resolve_target(backend: Backend, target_cc: Optional[str]) -> tuple[ComputeCapability, Optional[str]]:
+    """(compute capability to build for, name of the GPU it is built on or None)."""
+    gpu = current_gpu()
+    wanted = parse_compute_capability(target_cc) if target_cc else None
+    if backend.is_rtx:
+        if wanted is None:
+            return (gpu[1], gpu[0]) if gpu else (DEFAULT_RTX_TARGET, None)
+        return wanted, gpu[0] if gpu and gpu[1] == wanted else None
+    if gpu is None:
+        raise UserError(
+            f"TensorRT {backend.version} builds engines on a CUDA GPU and none is visible; "
+            "use --trt tensorrt-rtx to build ahead of time without one"
+        )
+    if wanted is not None and wanted != gpu[1]:
+        raise UserError(
+            f"TensorRT builds for the GPU it runs on ({gpu[0]}, {sm_name(gpu[1])}), not {sm_name(wanted)}: "
+            "build on that GPU, or use --trt tensorrt-rtx for ahead-of-time targets"
+        )
+    return gpu[1], gpu[0]
+
+
+def _load_onnx(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise UserError(f"ONNX model {path} does not exist")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf raises several unrelated types
+        raise UserError(f"{path} is not an ONNX model ({err})") from None
+
+
+def _strongly_typed_flags(trt) -> int:
+    """STRONGLY_TYPED where the enum has it (TensorRT 10.x); TensorRT 11 and RTX are always strongly typed."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def _parse(backend: Backend, network, model: onnx.ModelProto, onnx_path: Path) -> None:
+    parser = backend.trt.OnnxParser(network, backend.logger)
+    # path: where the parser finds external weight files, next to the original model.
+    if not parser.parse(model.SerializeToString(), str(onnx_path)):
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+        raise UserError(f"TensorRT could not parse {onnx_path}: {' | '.join(errors[:3])}")
+
+
+def normalize_batch(batch: BatchSpec) -> BatchRange:
+    if batch is None:
+        return (1, 1, 1)
+    low, opt, high = (batch, batch, batch) if isinstance(batch, int) else tuple(batch)
+    if not 1 <= low <= opt <= high:
+        raise UserError(f"batch range must satisfy 1 <= min <= opt <= max, got {low}, {opt}, {high}")
+    return low, opt, high
+
+
+def _add_batch_profile(builder, config, network, batch: BatchSpec) -> BatchRange:
+    """Adds the batch optimization profile when the graph's batch is dynamic; returns the batch range."""
+    wanted = normalize_batch(batch)
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    shapes = {tensor.name: tuple(tensor.shape) for tensor in inputs}
+    inner_dynamic = sorted(name for name, shape in shapes.items() if any(d < 0 for d in shape[1:]))
+    if inner_dynamic:
+        raise UserError(f"only the batch dimension may be dynamic; inputs {', '.join(inner_dynamic)} have other dynamic dims")
+    fixed = {shape[0] for shape in shapes.values() if shape and shape[0] >= 0}
+    dynamic = [name for name, shape in shapes.items() if shape and shape[0] < 0]
+    if not dynamic:
+        size = min(fixed, default=1)
+        if batch is not None and wanted != (size, size, size):
+            raise UserError(f"the graph has a fixed batch of {size}; export it with a dynamic batch to build for {batch}")
+        return size, size, size
+    profile = builder.create_optimization_profile()
+    for name in dynamic:
+        rest = shapes[name][1:]
+        profile.set_shape(name, (wanted[0], *rest), (wanted[1], *rest), (wanted[2], *rest))
+    config.add_optimization_profile(profile)
+    return wanted
+
+
+def _attach_timing_cache(backend: Backend, config, timing_cache: Union[str, Path, None]):
+    """Loads (or starts) the timing cache file; None where unused (TensorRT-RTX has no timing cache)."""
+    if timing_cache is None or backend.is_rtx or not hasattr(config, "create_timing_cache"):
+        return None
+    path = Path(timing_cache)
+    cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
