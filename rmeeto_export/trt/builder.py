@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import onnx
 
@@ -56,26 +57,22 @@ def build_engine(
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     started = time.perf_counter()
     trt_backend = load_backend(backend)
-    model = _load_onnx(onnx_path)
+    model = load_onnx(onnx_path)
     cc, gpu_name = resolve_target(trt_backend, target_cc)
     check_precision_supported(precision, cc)
     plugin_source = load_plugins(trt_backend, plugins) if custom_nodes(model) else None
-    if custom_nodes(model) and plugin_source is None and custom_nodes_without_function(model):
+    bodiless = custom_nodes_without_function(model)
+    if plugin_source is None and bodiless:
         raise UserError(
-            f"{onnx_path} has custom nodes without function bodies ({', '.join(custom_nodes_without_function(model))}): "
+            f"{onnx_path} has custom nodes without function bodies ({', '.join(bodiless)}): "
             "build it with plugins or export the portable graph"
         )
-    trt = trt_backend.trt
-    builder = trt.Builder(trt_backend.logger)
-    network = builder.create_network(_strongly_typed_flags(trt))
-    _parse(trt_backend, network, without_plugin_functions(model) if plugin_source else model, onnx_path)
-    if plugin_source is not None:
-        check_custom_nodes_became_plugins(trt, network, model)
-
+    parsed = parse_network(trt_backend, model, onnx_path, with_plugins=plugin_source is not None)
+    builder, network = parsed.builder, parsed.network
     config = builder.create_builder_config()
     if trt_backend.is_rtx:
         config.num_compute_capabilities = 1
-        config.set_compute_capability(rtx_compute_capability_enum(trt, cc), 0)
+        config.set_compute_capability(rtx_compute_capability_enum(trt_backend.trt, cc), 0)
     batch_range = _add_batch_profile(builder, config, network, batch)
     cache = _attach_timing_cache(trt_backend, config, timing_cache)
 
@@ -128,7 +125,7 @@ def resolve_target(backend: Backend, target_cc: Optional[str]) -> tuple[ComputeC
     return gpu[1], gpu[0]
 
 
-def _load_onnx(path: Path) -> onnx.ModelProto:
+def load_onnx(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise UserError(f"ONNX model {path} does not exist")
     try:
@@ -143,12 +140,31 @@ def _strongly_typed_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def _parse(backend: Backend, network, model: onnx.ModelProto, onnx_path: Path) -> None:
+@dataclass
+class ParsedNetwork:
+    builder: Any
+    network: Any
+    parser: Any  # owns the weights the network points to: keep it alive until the build is done
+
+
+def parse_network(backend: Backend, model: onnx.ModelProto, onnx_path: Path, *, with_plugins: bool) -> ParsedNetwork:
+    """The network parsed from ``model``, strongly typed.
+
+    with_plugins: our custom nodes must become plugin layers (registered beforehand); their
+    function bodies are removed first and the mapping is checked. Otherwise the parser inlines
+    the function bodies (the portable graph).
+    """
+    builder = backend.trt.Builder(backend.logger)
+    network = builder.create_network(_strongly_typed_flags(backend.trt))
     parser = backend.trt.OnnxParser(network, backend.logger)
+    graph = without_plugin_functions(model) if with_plugins else model
     # path: where the parser finds external weight files, next to the original model.
-    if not parser.parse(model.SerializeToString(), str(onnx_path)):
+    if not parser.parse(graph.SerializeToString(), str(onnx_path)):
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
         raise UserError(f"TensorRT could not parse {onnx_path}: {' | '.join(errors[:3])}")
+    if with_plugins:
+        check_custom_nodes_became_plugins(backend.trt, network, model)
+    return ParsedNetwork(builder, network, parser)
 
 
 def normalize_batch(batch: BatchSpec) -> BatchRange:

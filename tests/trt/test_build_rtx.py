@@ -1,0 +1,128 @@
+"""Engine builds with TensorRT-RTX, which builds ahead of time on this GPU-less machine."""
+
+import json
+
+import pytest
+
+from handmade_graphs import MERGE_R, TOKENS, write_custom_node_graph, write_standard_graph
+from rmeeto_export.errors import UserError
+from rmeeto_export.trt import build_engine, layers_by_type, load_backend, read_record
+from rmeeto_export.trt.builder import load_onnx, parse_network
+from rmeeto_export.trt.graph import custom_nodes, plugin_layers
+from rmeeto_export.trt.plugins import register_python_plugins
+
+pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx; CI installs it)")
+
+pytestmark = pytest.mark.trt
+
+
+@pytest.fixture(scope="module")
+def rtx():
+    backend = load_backend("tensorrt-rtx")
+    register_python_plugins(backend)
+    return backend
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("target", ["sm86", "sm89"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_custom_node_graph_builds_with_the_python_plugins(tmp_path, rtx, target, precision):
+    onnx_path = write_custom_node_graph(tmp_path / "model.onnx", precision)
+    engine_path = tmp_path / "model.engine"
+    record = build_engine(onnx_path, engine_path, backend="tensorrt-rtx", plugins="python", precision=precision, target_cc=target)
+    assert record.trt_flavour == "tensorrt-rtx" and record.trt_version == rtx.version
+    assert record.target == target and record.precision == precision
+    assert record.plugins is not None and record.plugins.is_python
+    assert record.engine_bytes == engine_path.stat().st_size > 0
+    assert record.batch == {"min": 1, "opt": 1, "max": 1}
+    assert json.loads((tmp_path / "model.engine.json").read_text()) == record.to_json()
+    assert read_record(engine_path) == record
+    assert _files(tmp_path) == ["model.engine", "model.engine.json", "model.onnx"]  # no temp file left
+
+
+def test_every_custom_node_becomes_our_plugin_layer(tmp_path, rtx):
+    onnx_path = write_custom_node_graph(tmp_path / "model.onnx")
+    model = load_onnx(onnx_path)
+    parsed = parse_network(rtx, model, onnx_path, with_plugins=True)
+    layers = layers_by_type(parsed.network)
+    assert len(layers["PLUGIN_V3"]) == len(custom_nodes(model)) == 3
+    mapped = sorted((namespace, name) for _, namespace, name in plugin_layers(rtx.trt, parsed.network))
+    assert mapped == [("rmeeto", "SelectiveScan"), ("rmeeto", "SelectiveScan"), ("rmeeto", "TokenMerge")]
+    merged = [parsed.network.get_output(i) for i in range(parsed.network.num_outputs)]
+    shapes = {tensor.name: tuple(tensor.shape) for tensor in merged}
+    assert shapes["hidden_out"][1] == shapes["residual_out"][1] == shapes["size_out"][1] == TOKENS - MERGE_R
+
+
+def test_token_merge_outputs_keep_hidden_dtype_and_fp32_stream(tmp_path, rtx):
+    onnx_path = write_custom_node_graph(tmp_path / "model.onnx", "fp16")
+    parsed = parse_network(rtx, load_onnx(onnx_path), onnx_path, with_plugins=True)
+    dtypes = {t.name: t.dtype for t in (parsed.network.get_output(i) for i in range(parsed.network.num_outputs))}
+    trt = rtx.trt
+    assert dtypes == {
+        "y_forward": trt.float16, "y_backward": trt.float16,
+        "hidden_out": trt.float16, "residual_out": trt.float32, "size_out": trt.float32,
+    }  # fmt: skip
+
+
+def test_dynamic_batch_gets_an_optimization_profile(tmp_path, rtx):
+    onnx_path = write_custom_node_graph(tmp_path / "model.onnx", batch="batch")
+    record = build_engine(onnx_path, tmp_path / "model.engine", backend="tensorrt-rtx", plugins="python", batch=(1, 2, 4))
+    assert record.batch == {"min": 1, "opt": 2, "max": 4}
+
+
+def test_rtx_target_defaults_to_sm89_without_a_gpu(tmp_path, rtx, monkeypatch):
+    monkeypatch.setattr("rmeeto_export.trt.builder.current_gpu", lambda: None)
+    record = build_engine(write_standard_graph(tmp_path / "model.onnx"), tmp_path / "model.engine", backend="tensorrt-rtx")
+    assert record.target == "sm89" and record.gpu_name is None
+
+
+def test_fixed_batch_graph_rejects_another_batch(tmp_path, rtx):
+    onnx_path = write_standard_graph(tmp_path / "model.onnx", batch=2)
+    with pytest.raises(UserError, match="fixed batch of 2"):
+        build_engine(onnx_path, tmp_path / "model.engine", backend="tensorrt-rtx", batch=4)
+    assert _files(tmp_path) == ["model.onnx"]
+
+
+def test_standard_graph_builds_without_plugins(tmp_path, rtx):
+    onnx_path = write_standard_graph(tmp_path / "model.onnx", batch="batch")
+    record = build_engine(onnx_path, tmp_path / "model.engine", backend="tensorrt-rtx", plugins="off", batch=3)
+    assert record.plugins is None and record.batch == {"min": 3, "opt": 3, "max": 3}
+
+
+def test_custom_nodes_without_bodies_need_plugins(tmp_path, rtx):
+    onnx_path = write_custom_node_graph(tmp_path / "model.onnx")
+    with pytest.raises(UserError, match="custom nodes without function bodies \\(SelectiveScan, TokenMerge\\)"):
+        build_engine(onnx_path, tmp_path / "model.engine", backend="tensorrt-rtx", plugins="off")
+    assert _files(tmp_path) == ["model.onnx"]
+
+
+def test_failed_build_leaves_no_file_and_keeps_the_old_engine(tmp_path, rtx):
+    onnx_path = write_custom_node_graph(tmp_path / "model.onnx")
+    engine_path = tmp_path / "model.engine"
+    engine_path.write_bytes(b"previous engine")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(onnx_path.read_bytes().replace(b"TokenMerge", b"TokenMerg3"))  # no such op or plugin
+    with pytest.raises(UserError, match="TensorRT could not parse"):
+        build_engine(broken, engine_path, backend="tensorrt-rtx", plugins="python")
+    assert engine_path.read_bytes() == b"previous engine"
+    assert _files(tmp_path) == ["broken.onnx", "model.engine", "model.onnx"]
+
+
+def test_precision_the_target_cannot_run_is_a_user_error(tmp_path, rtx):
+    onnx_path = write_standard_graph(tmp_path / "model.onnx")
+    with pytest.raises(UserError, match="precision fp8 needs compute capability 8.9 or newer; the target is sm86"):
+        build_engine(onnx_path, tmp_path / "model.engine", backend="tensorrt-rtx", precision="fp8", target_cc="sm86")
+
+
+def test_target_tensorrt_rtx_cannot_build_for(tmp_path, rtx):
+    onnx_path = write_standard_graph(tmp_path / "model.onnx")
+    with pytest.raises(UserError, match="cannot build for sm90"):
+        build_engine(onnx_path, tmp_path / "model.engine", backend="tensorrt-rtx", target_cc="sm90")
+
+
+def test_missing_onnx_file(tmp_path, rtx):
+    with pytest.raises(UserError, match="does not exist"):
+        build_engine(tmp_path / "none.onnx", tmp_path / "model.engine", backend="tensorrt-rtx")

@@ -1,0 +1,136 @@
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rmeeto_export.errors import UserError
+from rmeeto_export.trt import plugins as plugins_module
+from rmeeto_export.trt.backend import Backend, load_backend
+from rmeeto_export.trt.plugins import (
+    PluginSource,
+    check_library_matches_backend,
+    elf_needed_libraries,
+    find_plugin_library,
+    linked_tensorrt,
+    load_plugins,
+)
+from rmeeto_export.trt.python_plugins import (
+    SELECTIVE_SCAN_FIELDS,
+    TOKEN_MERGE_FIELDS,
+    field_values,
+    python_plugin_creators,
+)
+
+
+class _Field:
+    def __init__(self, name, value):
+        self.name, self.data = name, np.array([value], dtype=np.int32)
+
+
+def test_field_values_fill_defaults_and_keep_given_ones():
+    assert field_values([_Field("reverse", 1)], SELECTIVE_SCAN_FIELDS, "SelectiveScan") == {"delta_softplus": 1, "reverse": 1}
+    assert field_values([_Field("r", 11), _Field("cls_index", 98)], TOKEN_MERGE_FIELDS, "TokenMerge") == {"r": 11, "cls_index": 98}
+
+
+def test_field_values_require_the_merge_schedule():
+    with pytest.raises(ValueError, match="TokenMerge: missing attribute"):
+        field_values([_Field("r", 11)], TOKEN_MERGE_FIELDS, "TokenMerge")
+
+
+@pytest.fixture
+def no_plugin_library(monkeypatch, tmp_path):
+    """No $RMEETO_TRT_PLUGINS and no build/ folder, wherever the tests run."""
+    monkeypatch.delenv(plugins_module.PLUGIN_LIBRARY_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(plugins_module, "_REPO_ROOT", tmp_path)
+
+
+def test_no_library_found(no_plugin_library):
+    assert find_plugin_library() is None
+
+
+def test_library_from_the_environment_must_exist(monkeypatch, tmp_path):
+    monkeypatch.setenv(plugins_module.PLUGIN_LIBRARY_ENV, str(tmp_path / "missing.so"))
+    with pytest.raises(UserError, match="RMEETO_TRT_PLUGINS=.*missing.so is not a file"):
+        find_plugin_library()
+
+
+def test_library_from_the_environment(monkeypatch, tmp_path):
+    library = tmp_path / "librmeeto_trt_plugins.so"
+    library.write_bytes(b"\x7fELF")
+    monkeypatch.setenv(plugins_module.PLUGIN_LIBRARY_ENV, str(library))
+    assert find_plugin_library() == library.resolve()
+
+
+def test_plugins_on_without_the_library_is_a_user_error(no_plugin_library):
+    rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    with pytest.raises(UserError, match="plugins=on but the C\\+\\+ plugin library librmeeto_trt_plugins.so was not found"):
+        load_plugins(Backend("tensorrt-rtx", rtx), "on")
+
+
+def test_unknown_plugin_mode_is_a_user_error():
+    with pytest.raises(UserError, match="unknown plugin mode 'maybe'"):
+        load_plugins(None, "maybe")
+
+
+def test_plugins_off_registers_nothing():
+    assert load_plugins(None, "off") is None
+
+
+def test_plugin_source_json_round_trip():
+    for source in (PluginSource(None, None), PluginSource("/x/librmeeto_trt_plugins.so", "ab" * 32)):
+        assert PluginSource.from_json(source.to_json()) == source
+    assert PluginSource(None, None).to_json()["library"] == "python-plugins"
+
+
+@pytest.fixture
+def rtx_linked_elf():
+    """A real shared library that links TensorRT-RTX: the tensorrt_rtx Python bindings."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    import tensorrt_rtx_bindings
+
+    return Path(tensorrt_rtx_bindings.tensorrt_rtx.__file__)
+
+
+def test_elf_needed_entries_name_the_tensorrt_a_library_links(rtx_linked_elf):
+    needed = elf_needed_libraries(rtx_linked_elf)
+    assert "libtensorrt_rtx.so.1" in needed and "libc.so.6" in needed
+    assert linked_tensorrt(rtx_linked_elf) == ("tensorrt-rtx", 1)
+
+
+def test_not_an_elf_file_links_nothing(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a library")
+    assert elf_needed_libraries(text) == [] and linked_tensorrt(text) is None
+
+
+class _FakeTensorRT:
+    __version__ = "10.3.0.26"
+
+
+def test_plugin_library_for_another_tensorrt_is_a_user_error(rtx_linked_elf, tmp_path):
+    library = tmp_path / "librmeeto_trt_plugins.so"
+    shutil.copy(rtx_linked_elf, library)
+    with pytest.raises(UserError, match="was built for tensorrt-rtx 1.x but this process uses tensorrt 10.3.0.26"):
+        check_library_matches_backend(library, Backend("tensorrt", _FakeTensorRT))
+    check_library_matches_backend(library, load_backend("tensorrt-rtx"))  # same TensorRT: accepted
+
+
+def test_cpp_plugin_library_registers_our_creators():
+    library = find_plugin_library()
+    if library is None:
+        pytest.skip("librmeeto_trt_plugins.so not built (needs TensorRT headers and libnvinfer: cmake -S plugins_trt)")
+    linked = linked_tensorrt(library)
+    flavour = linked[0] if linked else "auto"
+    try:
+        backend = load_backend(flavour)
+    except UserError as err:
+        pytest.skip(f"the plugin library links {linked}, which this machine cannot import: {err}")
+    source = load_plugins(backend, "on")
+    assert source.library == str(library) and len(source.sha256) == 64
+    registry = backend.trt.get_plugin_registry()
+    python_creators = python_plugin_creators(backend.trt)
+    for name in ("SelectiveScan", "TokenMerge"):
+        creator = registry.get_creator(name, "1", "rmeeto")
+        assert creator is not None and all(creator is not ours for ours in python_creators)
