@@ -22,6 +22,9 @@ except Exception:  # noqa: BLE001 - its import fails in many ways without CUDA e
 SCAN_BACKENDS = ("auto", "reference", "mamba_ssm")
 
 
+SCAN_CHUNK = 16  # steps whose (l, b, d, n) intermediates are built at once: they stay in cache
+
+
 def selective_scan_reference(
     u: Tensor,
     delta: Tensor,
@@ -36,8 +39,10 @@ def selective_scan_reference(
 ) -> Tensor:
     """Selective scan, channel-major: u, delta, z (b, d, l); B, C (b, n, l); A (d, n).
 
-    Everything that can be is computed for all steps at once; only the recurrence
-    h_t = dA_t * h_{t-1} + dBu_t loops over time. Math is fp32, or fp64 for fp64 inputs.
+    Vectorised over batch, channels and state; the only loop is the recurrence
+    h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t over time, walked in chunks of SCAN_CHUNK
+    steps so that the discretised tensors of a chunk fit in cache. Math is fp32, or fp64 for
+    fp64 inputs; the result has u's dtype.
     """
     compute = torch.promote_types(u.dtype, torch.float32)
     u_c = u.to(compute)
@@ -46,18 +51,27 @@ def selective_scan_reference(
         dt = dt + delta_bias.to(compute)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    # Time-major (l, b, d, n) so that every step of the loop reads one contiguous slice.
-    dA = torch.exp(dt.permute(2, 0, 1).unsqueeze(-1) * A.to(compute))
-    dBu = (dt * u_c).permute(2, 0, 1).unsqueeze(-1) * B.to(compute).permute(2, 0, 1).unsqueeze(2)
+    A_c, C_c = A.to(compute), C.to(compute)
+    # Time-major, so that each step is one contiguous (b, d, n) slice.
+    dt_by_step = dt.permute(2, 0, 1).unsqueeze(-1)  # (l, b, d, 1)
+    dtu_by_step = (dt * u_c).permute(2, 0, 1).unsqueeze(-1)  # (l, b, d, 1)
+    B_by_step = B.to(compute).permute(2, 0, 1).unsqueeze(2)  # (l, b, 1, n)
 
     length = u.shape[-1]
-    steps = range(length - 1, -1, -1) if reverse else range(length)
-    h = torch.zeros_like(dBu[0])
-    states = [h] * length
-    for t in steps:
-        h = torch.addcmul(dBu[t], dA[t], h)
-        states[t] = h
-    y = torch.einsum("lbdn,bnl->bdl", torch.stack(states), C.to(compute))
+    chunk_starts = list(range(0, length, SCAN_CHUNK))
+    h = u_c.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    y_chunks: list[Tensor] = [u_c] * len(chunk_starts)
+    for index in reversed(range(len(chunk_starts))) if reverse else range(len(chunk_starts)):
+        steps = slice(chunk_starts[index], min(chunk_starts[index] + SCAN_CHUNK, length))
+        dA = torch.exp(dt_by_step[steps] * A_c).unbind(0)
+        dBu = (dtu_by_step[steps] * B_by_step[steps]).unbind(0)
+        order = range(len(dA) - 1, -1, -1) if reverse else range(len(dA))
+        states = [h] * len(dA)
+        for t in order:
+            h = torch.addcmul(dBu[t], dA[t], h)
+            states[t] = h
+        y_chunks[index] = torch.einsum("lbdn,bnl->bdl", torch.stack(states), C_c[:, :, steps])
+    y = torch.cat(y_chunks, dim=-1)
     if D is not None:
         y = y + D.to(compute)[:, None] * u_c
     if z is not None:
