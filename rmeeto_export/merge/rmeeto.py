@@ -18,9 +18,12 @@ Output shapes depend only on (T, r), never on data, so the merge traces and expo
 avoided (torch.sort/argsort do not export to ONNX): ranks come from pairwise comparisons and the
 survivors' order from topk on unique integer keys.
 
-Numerics: the similarity is a matmul, so implementations that sum in another order (or a GPU with
-TF32 matmul enabled) can flip a decision between near-equal scores; exact ties break as above
-everywhere. Tokens no merge touched come out as (x * size) / size, i.e. x up to one fp32 rounding.
+Numerics: the similarity is an fp32 matmul, so implementations that sum in another order (or a GPU
+with TF32 matmul enabled) can flip a decision between near-equal scores; exact ties break as above
+everywhere. The weighted sums run in the promoted dtype of hidden and residual (fp32 in the model,
+fp64 in gradient checks); on CUDA index_add_ adds with atomics, so the order of the few terms per
+destination, hence the last bit, can vary between runs. Tokens no merge touched come out as
+(x * size) / size, i.e. x up to one rounding; the class token is copied, bit-exact.
 """
 
 from __future__ import annotations
@@ -185,7 +188,7 @@ def prune_tokens(
         return hidden, residual, size, cls_index
     num_tokens = hidden.shape[1]
     importance = _without_token(hidden, cls_index).float().norm(dim=-1)
-    keep = ~_top_r_mask(-importance, r)
+    keep = ~_top_r_mask(-importance.nan_to_num(nan=float("-inf")), r)  # NaN tokens are dropped first
     kept = _kept_positions_in_order(keep, num_tokens - 1 - r)
     new_cls = merged_cls_index(cls_index, num_tokens, r)
 

@@ -313,3 +313,11 @@ def test_prune_with_zero_r_returns_the_inputs():
     hidden, residual, size = random_inputs(1, 13, 8, torch.Generator().manual_seed(4))
     result = prune_tokens(hidden, residual, size, 0, 6)
     assert result[0] is hidden and result[1] is residual and result[2] is size and result[3] == 6
+
+
+def test_prune_drops_nan_tokens_first():
+    hidden, residual, size = random_inputs(1, 13, 8, torch.Generator().manual_seed(6))
+    hidden[0, 9] = float("nan")
+    pruned_residual = prune_tokens(hidden, residual, size, 1, 0)[1]  # class token stays at 0
+    without_nan_token = torch.cat([residual[:, :9], residual[:, 10:]], dim=1)
+    assert torch.equal(pruned_residual, without_nan_token)
