@@ -1,0 +1,161 @@
+"""Export a (merged or plain) Vim with its frozen schedule to a static-shape ONNX file.
+
+Exporter: torch's TorchScript exporter (dynamo=False). It keeps custom-domain nodes as they are
+(symbolics.py) and the function bodies are attached afterwards (functions.py); the dynamo exporter
+would inline every function.
+
+Graph interface, whatever the precision: input "images" fp32 (batch, 3, img, img), output "logits"
+fp32 (batch, classes). fp16 graphs cast the images to fp16 first and the logits back to fp32 last,
+so callers never handle fp16 buffers; inside, casts are explicit (the graph is strongly typed).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import onnx
+import onnx.inliner
+import torch
+from torch import nn
+
+from rmeeto_export.errors import UserError
+from rmeeto_export.export.functions import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, custom_functions
+from rmeeto_export.export.static_shapes import fold_static_shapes
+from rmeeto_export.export.symbolics import ExportError, register_symbolics
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+
+# Parameters the model reads as fp32 for the scan (A = -exp(A_log), D, delta_bias = dt_proj.bias): an
+# fp16 copy keeps them fp32 so the scan's A, D and delta_bias are not rounded to fp16. Norm weights go
+# fp16 because the model's RMSNorm returns its weight's dtype, which feeds the fp16 linears.
+FP32_PARAMETER_SUFFIXES = (
+    "mixer.A_log",
+    "mixer.A_b_log",
+    "mixer.D",
+    "mixer.D_b",
+    "mixer.dt_proj.bias",
+    "mixer.dt_proj_b.bias",
+)
+
+
+class _ExportGraph(nn.Module):
+    """The exported computation: images (fp32) -> model in its compute dtype -> fp32 logits."""
+
+    def __init__(self, model: nn.Module, compute_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.compute_dtype = compute_dtype
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.to(self.compute_dtype)).float()
+
+
+def model_in_precision(model: nn.Module, precision: str) -> nn.Module:
+    """A CPU, eval-mode copy of `model` with weights in `precision` (scan parameters stay fp32)."""
+    check_precision(precision)
+    copied = copy.deepcopy(model).cpu().eval()
+    if precision == "fp32":
+        return copied.float()
+    copied.half()
+    for name, parameter in copied.named_parameters():
+        if name.endswith(FP32_PARAMETER_SUFFIXES):
+            parameter.data = parameter.data.float()
+    return copied
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def _check_batch(batch: int) -> None:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UserError(f"batch must be a positive integer, got {batch!r}")
+
+
+def _trace(graph: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+    register_symbolics()
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            graph,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            custom_opsets={DOMAIN: DOMAIN_VERSION},
+            do_constant_folding=True,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _with_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    used = {(node.domain, node.op_type) for node in model.graph.node}
+    model.functions.extend(f for f in custom_functions() if (f.domain, f.name) in used)
+    return model
+
+
+def inline_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Inline the rmeeto functions: standard ONNX only, no custom node, no function, no rmeeto opset."""
+    inlined = onnx.inliner.inline_local_functions(model)
+    del inlined.functions[:]
+    kept = [opset for opset in inlined.opset_import if opset.domain != DOMAIN]
+    del inlined.opset_import[:]
+    inlined.opset_import.extend(kept)
+    return inlined
+
+
+def build_onnx(model: nn.Module, *, batch: int = 1, precision: str = "fp32", portable_graph: bool = False) -> onnx.ModelProto:
+    """The ONNX model of `model` (its schedule frozen in) for a fixed batch, in memory."""
+    _check_batch(batch)
+    check_precision(precision)
+    cfg = model.cfg
+    example = torch.zeros(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
+    graph = _ExportGraph(model_in_precision(model, precision), PRECISIONS[precision])
+    try:
+        exported = _with_functions(_trace(graph, example))
+    except ExportError as error:
+        raise UserError(str(error)) from None
+    return fold_static_shapes(inline_custom_ops(exported) if portable_graph else exported)
+
+
+def write_atomically(data: bytes, path: Union[str, os.PathLike]) -> Path:
+    """Write to a temporary file next to `path`, then rename: readers never see a partial file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def export_onnx(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    *,
+    batch: int = 1,
+    precision: str = "fp32",
+    portable: bool = False,
+) -> Path:
+    """Export `model` to `path` (atomically) and return the path.
+
+    precision "fp32" or "fp16"; portable=True inlines the rmeeto functions (standard ONNX only, for
+    TensorRT without our plugins), otherwise rmeeto::SelectiveScan / rmeeto::TokenMerge nodes carry
+    their function bodies. Same model and options give a byte-identical file.
+    """
+    proto = build_onnx(model, batch=batch, precision=precision, portable_graph=portable)
+    return write_atomically(proto.SerializeToString(), path)

@@ -1,0 +1,62 @@
+"""TorchScript-exporter symbolics: torch.ops.rmeeto.* become bare rmeeto:: custom nodes.
+
+The function bodies are attached afterwards (functions.py), the same way for every op, instead of
+through g.onnxscript_op: the bodies need a Scan subgraph and attribute references, which are plain
+to write with onnx.helper. Output types are copied from the traced op, whose shapes are static; the
+exporter's own shape inference knows nothing of custom ops.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.onnx import symbolic_helper
+
+from rmeeto_export.export.functions import DOMAIN, ONNX_OPSET, SELECTIVE_SCAN, TOKEN_MERGE
+
+PLUGIN_ATTRIBUTES = {"plugin_namespace_s": DOMAIN, "plugin_version_s": "1"}
+
+
+class ExportError(RuntimeError):
+    """The model uses an op in a way the ONNX custom ops cannot express."""
+
+
+def _zero_per_channel(g):
+    """A (d,) fp32 zero vector for an absent D / delta_bias: adding zero is exactly the op without it."""
+    channels = g.original_node.inputsAt(2).type().sizes()[0]  # A is (d, n)
+    return g.op("Constant", value_t=torch.zeros(channels, dtype=torch.float32))
+
+
+def _selective_scan(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    if symbolic_helper._is_none(z):
+        raise ExportError("rmeeto::SelectiveScan export needs the gate z (every Vim mixer has one)")
+    D = _zero_per_channel(g) if symbolic_helper._is_none(D) else D
+    delta_bias = _zero_per_channel(g) if symbolic_helper._is_none(delta_bias) else delta_bias
+    out = g.op(
+        f"{DOMAIN}::{SELECTIVE_SCAN}",
+        u, delta, A, B, C, D, z, delta_bias,
+        delta_softplus_i=int(symbolic_helper._maybe_get_const(delta_softplus, "b")),
+        reverse_i=int(symbolic_helper._maybe_get_const(reverse, "b")),
+        **PLUGIN_ATTRIBUTES,
+    )
+    out.setType(g.original_node.output().type())
+    return out
+
+
+def _token_merge(g, hidden, residual, size, r, cls_index):
+    outputs = g.op(
+        f"{DOMAIN}::{TOKEN_MERGE}",
+        hidden, residual, size,
+        r_i=symbolic_helper._maybe_get_const(r, "i"),
+        cls_index_i=symbolic_helper._maybe_get_const(cls_index, "i"),
+        outputs=3,
+        **PLUGIN_ATTRIBUTES,
+    )
+    for exported, traced in zip(outputs, g.original_node.outputs()):
+        exported.setType(traced.type())
+    return outputs
+
+
+def register_symbolics() -> None:
+    """Idempotent: the registry is global to the process and later registrations replace earlier ones."""
+    torch.onnx.register_custom_op_symbolic("rmeeto::selective_scan", _selective_scan, ONNX_OPSET)
+    torch.onnx.register_custom_op_symbolic("rmeeto::token_merge", _token_merge, ONNX_OPSET)
