@@ -324,20 +324,20 @@ __global__ void __launch_bounds__(kMergeThreads) mergeGatherKernel(MergeShape sh
     const bool isCls = token == shape.clsIndex;
     const float ownWeight = isCls ? 1.f : size[inRows + token];
     // Destinations sit at odd free positions; sources sum in position order around them, like
-    // the reference's index_add, so a CPU reference agrees bit for bit.
+    // the reference's index_add, and products are rounded before the add (__fmul_rn: no FMA
+    // contraction), so a CPU reference agrees bit for bit.
     const int32_t ownSlot = isCls ? INT_MAX : (token - (token > shape.clsIndex ? 1 : 0)) / 2;
-    float weight = ownWeight;
+    float total = ownWeight;
     for (int32_t i = firstSource; i >= 0; i = chainNext[i])
     {
-        weight += size[inRows + shape.tokenOf(2 * i)];
+        total += size[inRows + shape.tokenOf(2 * i)];
     }
-    const float total = weight;
 
     for (int64_t c = lane; c < channels; c += kWarpSize)
     {
         const int64_t own = (inRows + token) * channels + c;
-        const float ownHidden = toFloat(hidden[own]) * ownWeight;
-        const float ownResidual = residual[own] * ownWeight;
+        const float ownHidden = __fmul_rn(toFloat(hidden[own]), ownWeight);
+        const float ownResidual = __fmul_rn(residual[own], ownWeight);
         float h = 0.f;
         float res = 0.f;
         bool ownAdded = false;
@@ -351,8 +351,8 @@ __global__ void __launch_bounds__(kMergeThreads) mergeGatherKernel(MergeShape sh
             }
             const int64_t src = inRows + shape.tokenOf(2 * i);
             const float w = size[src];
-            h += toFloat(hidden[src * channels + c]) * w;
-            res += residual[src * channels + c] * w;
+            h += __fmul_rn(toFloat(hidden[src * channels + c]), w);
+            res += __fmul_rn(residual[src * channels + c], w);
         }
         if (!ownAdded)
         {
@@ -364,7 +364,7 @@ __global__ void __launch_bounds__(kMergeThreads) mergeGatherKernel(MergeShape sh
     }
     if (lane == 0)
     {
-        sizeOut[outRow] = total;
+        sizeOut[outRow] = isCls ? size[inRows + token] : total;
     }
 }
 
