@@ -14,10 +14,11 @@ from rmeeto_export.errors import UserError
 from rmeeto_export.trt.backend import Backend, load_backend
 from rmeeto_export.trt.files import write_bytes_atomic
 from rmeeto_export.trt.graph import (
-    check_custom_nodes_became_plugins,
+    check_plugin_layers,
     custom_nodes,
     custom_nodes_without_function,
-    without_plugin_functions,
+    for_plugins,
+    without_plugins,
 )
 from rmeeto_export.trt.plugins import PluginSource, load_plugins
 from rmeeto_export.trt.record import BuildRecord, write_record
@@ -151,19 +152,18 @@ def parse_network(backend: Backend, model: onnx.ModelProto, onnx_path: Path, *, 
     """The network parsed from ``model``, strongly typed.
 
     with_plugins: our custom nodes must become plugin layers (registered beforehand); their
-    function bodies are removed first and the mapping is checked. Otherwise the parser inlines
-    the function bodies (the portable graph).
+    function bodies are removed first. Otherwise the function bodies are inlined (the portable
+    graph). Either way the plugin layers are checked against the custom nodes.
     """
     builder = backend.trt.Builder(backend.logger)
     network = builder.create_network(_strongly_typed_flags(backend.trt))
     parser = backend.trt.OnnxParser(network, backend.logger)
-    graph = without_plugin_functions(model) if with_plugins else model
+    graph = for_plugins(model) if with_plugins else without_plugins(model)
     # path: where the parser finds external weight files, next to the original model.
     if not parser.parse(graph.SerializeToString(), str(onnx_path)):
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
         raise UserError(f"TensorRT could not parse {onnx_path}: {' | '.join(errors[:3])}")
-    if with_plugins:
-        check_custom_nodes_became_plugins(backend.trt, network, model)
+    check_plugin_layers(backend.trt, network, model, with_plugins=with_plugins)
     return ParsedNetwork(builder, network, parser)
 
 

@@ -6,16 +6,18 @@ from collections import Counter, defaultdict
 
 import onnx
 
-CUSTOM_DOMAIN = "rmeeto"
-PLUGIN_OPS = ("SelectiveScan", "TokenMerge")
+from rmeeto_export.export.functions import DOMAIN, SELECTIVE_SCAN, TOKEN_MERGE
+from rmeeto_export.export.graph_checks import custom_op_counts
+
+PLUGIN_OPS = (SELECTIVE_SCAN, TOKEN_MERGE)
 
 
 def custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The graph's nodes that a plugin of ours implements (top level: exports never nest them)."""
-    return [node for node in model.graph.node if node.domain == CUSTOM_DOMAIN and node.op_type in PLUGIN_OPS]
+    return [node for node in model.graph.node if node.domain == DOMAIN and node.op_type in PLUGIN_OPS]
 
 
-def without_plugin_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+def for_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy without the FunctionProtos of our custom ops.
 
     TensorRT <= 10.6 inlines a local function over a plugin of the same name, and 10.15+/11 use
@@ -24,14 +26,27 @@ def without_plugin_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
-    kept = [f for f in model.functions if not (f.domain == CUSTOM_DOMAIN and f.name in PLUGIN_OPS)]
+    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name in PLUGIN_OPS)]
     del stripped.functions[:]
     stripped.functions.extend(kept)
     return stripped
 
 
+def without_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The portable graph: our functions inlined, whatever plugins this process has registered.
+
+    Left to the parser, TensorRT 10.7+ and TensorRT-RTX map a node with plugin_namespace to a
+    registered plugin even when its function body is there.
+    """
+    if not custom_nodes(model):
+        return model
+    from rmeeto_export.export.onnx_export import inline_custom_ops  # imports torch: only when needed
+
+    return inline_custom_ops(model)
+
+
 def custom_nodes_without_function(model: onnx.ModelProto) -> list[str]:
-    """Op types of custom nodes that have no function body (the parser cannot inline them)."""
+    """Op types of custom nodes that have no function body (nothing to inline)."""
     bodies = {(f.domain, f.name) for f in model.functions}
     return sorted({n.op_type for n in custom_nodes(model) if (n.domain, n.op_type) not in bodies})
 
@@ -58,13 +73,12 @@ def plugin_layers(trt, network) -> list[tuple[str, str, str]]:
     return found
 
 
-def check_custom_nodes_became_plugins(trt, network, model: onnx.ModelProto) -> None:
-    """RuntimeError unless each custom node of ``model`` is one of our plugin layers in ``network``."""
-    expected = sorted(node.op_type for node in custom_nodes(model))
-    got = sorted(name for _, namespace, name in plugin_layers(trt, network) if namespace == CUSTOM_DOMAIN)
+def check_plugin_layers(trt, network, model: onnx.ModelProto, *, with_plugins: bool) -> None:
+    """RuntimeError unless our plugin layers are exactly ``model``'s custom nodes (none without plugins)."""
+    expected = Counter({op: n for op, n in custom_op_counts(model).items() if op in PLUGIN_OPS}) if with_plugins else Counter()
+    got = Counter(name for _, namespace, name in plugin_layers(trt, network) if namespace == DOMAIN)
     if got != expected:
         raise RuntimeError(
-            f"TensorRT's parser did not map every custom node to our plugins: ONNX has {dict(Counter(expected))}, "
-            f"the network has plugin layers {dict(Counter(got))} and layer types {sorted(layers_by_type(network))}"
+            f"TensorRT's parser mapped custom nodes to plugins unexpectedly: expected plugin layers {dict(expected)}, "
+            f"the network has {dict(got)} (layer types {sorted(layers_by_type(network))})"
         )
-

@@ -91,10 +91,12 @@ def python_plugin_creators(trt: ModuleType) -> tuple:
 
             from rmeeto_export.trt.device_buffers import torch_dtype_of, wrap_device_buffer
 
-            ins = [wrap_device_buffer(ptr, tuple(d.dims), torch_dtype_of(trt, d.type)) for ptr, d in zip(inputs, input_desc)]
-            outs = [wrap_device_buffer(ptr, tuple(d.dims), torch_dtype_of(trt, d.type)) for ptr, d in zip(outputs, output_desc)]
+            def as_tensors(pointers, descs):
+                return [wrap_device_buffer(p, tuple(d.dims), torch_dtype_of(trt, d.type)) for p, d in zip(pointers, descs)]
+
+            # The kernels launch on torch's current stream: make it TensorRT's stream.
             with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-                for out, result in zip(outs, self.compute(ins)):
+                for out, result in zip(as_tensors(outputs, output_desc), self.compute(as_tensors(inputs, input_desc))):
                     out.copy_(result)
 
         def compute(self, inputs):
