@@ -35,7 +35,8 @@ class BuildRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> "BuildRecord":
-        values = dict(data)
+        """Reads our fields and ignores others (a manifest's engine entry adds its own keys)."""
+        values = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
         values["plugins"] = None if data.get("plugins") is None else PluginSource.from_json(data["plugins"])
         return cls(**values)
 

@@ -126,3 +126,10 @@ def test_target_tensorrt_rtx_cannot_build_for(tmp_path, rtx):
 def test_missing_onnx_file(tmp_path, rtx):
     with pytest.raises(UserError, match="does not exist"):
         build_engine(tmp_path / "none.onnx", tmp_path / "model.engine", backend="tensorrt-rtx")
+
+
+def test_tensorrt_rtx_has_no_timing_cache_so_none_is_written(tmp_path, rtx):
+    cache = tmp_path / "timing.cache"
+    record = build_engine(write_standard_graph(tmp_path / "model.onnx"), tmp_path / "model.engine",
+                          backend="tensorrt-rtx", timing_cache=cache)
+    assert record.flags["timing_cache"] is None and not cache.exists()

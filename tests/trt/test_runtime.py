@@ -156,3 +156,9 @@ def test_python_plugin_engine_matches_the_torch_ops(tmp_path):
     for name, reference in expected.items():
         # fp32 kernels vs the fp32 reference: only summation order differs (9 steps, 16 states).
         torch.testing.assert_close(got[name].cpu(), reference, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_build_record_round_trips_through_a_manifest_entry_with_extra_keys():
+    record = _record(plugins=PluginSource("/opt/librmeeto_trt_plugins.so", "f" * 64))
+    entry = {"file": "model.engine", "from": "model.onnx", **record.to_json()}
+    assert BuildRecord.from_json(json.loads(json.dumps(entry))) == record
