@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -82,3 +83,51 @@ def info(model_name: str, ratio: Optional[float], merge_r: Optional[int], as_jso
                    f"{schedule.tokens_per_block[-1]}")
         click.echo(f"GFLOPs {plain_gflops:.2f} -> {merged_gflops:.2f} "
                    f"(theoretical speed-up {plain_gflops / merged_gflops:.2f}x)")
+
+
+@main.command()
+@model_option
+@merge_options
+@click.option("--weights", default=None, help="checkpoint: .pth (official layout), .safetensors or hf://owner/repo/file")
+@click.option("--ema", "use_ema", is_flag=True, help="take the checkpoint's model_ema weights")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--batch", type=int, default=1, show_default=True, help="fixed batch size of the graph and engine")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="output folder [default: out/<model>]")
+@click.option("--trt", "trt_backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto",
+              show_default=True, help="TensorRT flavour for the engine stage (auto skips it when none is installed)")
+@click.option("--plugins", type=click.Choice(["auto", "on", "python", "off"]), default="auto", show_default=True,
+              help="engine with our plugins (C++ library, else Python plugins) or the portable graph (off)")
+@click.option("--target-cc", default=None, help="TensorRT-RTX target compute capability, e.g. sm86, sm89, sm120")
+@click.option("--parity-samples", type=int, default=8, show_default=True, help="random inputs compared in parity")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of random weights and parity inputs")
+def build(model_name, ratio, merge_r, weights, use_ema, precision, batch, out, trt_backend, plugins, target_cc,
+          parity_samples, seed) -> None:
+    """Merge, export, check and build: the whole job into one output folder."""
+    from rmeeto_export.pipelines.build import BuildConfig, build as run_build
+
+    config = BuildConfig(model=model_name, ratio=ratio, r=merge_r, weights=weights, use_ema=use_ema,
+                         precision=precision, batch=batch, seed=seed, parity_samples=parity_samples,
+                         trt=trt_backend, plugins=plugins, target_cc=target_cc)
+    run_build(config, out or Path("out") / model_name, log=click.echo)
+
+
+def out_argument(func):
+    return click.option("--out", type=click.Path(path_type=Path), required=True, help="a folder made by `build`")(func)
+
+
+@main.command("export")
+@out_argument
+def export_command(out: Path) -> None:
+    """Re-run the ONNX export stage on a build folder."""
+    from rmeeto_export.pipelines.build import rerun_export
+
+    rerun_export(out, log=click.echo)
+
+
+@main.command()
+@out_argument
+def verify(out: Path) -> None:
+    """Re-run the parity stage (ONNX Runtime vs PyTorch) on a build folder."""
+    from rmeeto_export.pipelines.build import rerun_verify
+
+    rerun_verify(out, log=click.echo)
