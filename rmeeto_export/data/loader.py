@@ -69,12 +69,16 @@ def steps_per_epoch(num_samples: int, global_batch: int) -> int:
     return num_samples // global_batch
 
 
+def check_enough_images(num_samples: int, batch_size: int, world_size: int) -> None:
+    if steps_per_epoch(num_samples, batch_size * world_size) == 0:
+        raise UserError(f"{num_samples} training images are fewer than one global batch of {batch_size * world_size} "
+                        f"({world_size} process(es) x batch size {batch_size}); lower --batch-size")
+
+
 def train_batches(num_samples: int, batch_size: int, world_size: int, rank: int, seed: int, epoch: int) -> list[list[SampleKey]]:
     """This process's batches of one training epoch: its slice of each shuffled global batch."""
+    check_enough_images(num_samples, batch_size, world_size)
     global_batch = batch_size * world_size
-    if steps_per_epoch(num_samples, global_batch) == 0:
-        raise UserError(f"{num_samples} training images are fewer than one global batch of {global_batch} "
-                        f"({world_size} process(es) x batch size {batch_size}); lower --batch-size")
     order = np.random.default_rng([seed, epoch, _ORDER_STREAM]).permutation(num_samples)
     return [
         [(epoch, int(i)) for i in order[start + rank * batch_size : start + (rank + 1) * batch_size]]

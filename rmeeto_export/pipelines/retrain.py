@@ -54,7 +54,7 @@ from rmeeto_export.data import (
     scan_image_folder,
     train_batches,
 )
-from rmeeto_export.data.loader import Batch, steps_per_epoch
+from rmeeto_export.data.loader import Batch, check_enough_images, steps_per_epoch
 from rmeeto_export.errors import UserError
 from rmeeto_export.models import Vim, create_model
 from rmeeto_export.models.weights import check_state_dict, read_state_dict
@@ -495,6 +495,7 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
     size = student.cfg.img_size
     train_set = ImageSamples(splits.train, size, config.augment, config.seed)
     val_set = ImageSamples(splits.val, size, None, config.seed)
+    check_enough_images(len(train_set), config.batch_size, processes.world_size)  # before any evaluation
     teacher = unmerged if config.distill_weight > 0 else None
     trainer = make_trainer(config, processes, student, teacher, splits.num_classes, len(train_set), log)
     if processes.is_main:
@@ -563,7 +564,8 @@ _AUGMENT, _MIX = AugmentSettings(), MixSettings()
 @click.command("retrain")
 @click.option("--model", "model_name", default=_DEFAULTS.model, show_default=True, help="vim_t, vim_s or vim_b")
 @click.option("--ratio", type=float, default=None, help="R-MeeTo reduction ratio, e.g. 0.31")
-@click.option("--r", "merge_r", type=int, default=None, help="tokens merged per merge step (instead of --ratio)")
+@click.option("--r", "--merge-r", "merge_r", type=int, default=None,
+              help="tokens merged per merge step (instead of --ratio); under torchrun write --merge-r")
 @click.option("--weights", default=None, help="checkpoint to start from (.pth/.safetensors, hf://...); also the teacher")
 @click.option("--data", required=True, help="ImageFolder root with train/<class>/ and val/<class>/")
 @click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS.epochs, show_default=True)
