@@ -11,8 +11,8 @@ from typing import Any, Optional, Union
 import onnx
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.files import write_bytes_atomic
 from rmeeto_export.trt.backend import Backend, load_backend
-from rmeeto_export.trt.files import write_bytes_atomic
 from rmeeto_export.trt.graph import (
     check_plugin_layers,
     custom_nodes,
@@ -20,7 +20,7 @@ from rmeeto_export.trt.graph import (
     for_plugins,
     without_plugins,
 )
-from rmeeto_export.trt.plugins import PluginSource, load_plugins
+from rmeeto_export.trt.plugins import load_plugins
 from rmeeto_export.trt.record import BuildRecord, write_record
 from rmeeto_export.trt.targets import (
     DEFAULT_RTX_TARGET,

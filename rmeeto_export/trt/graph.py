@@ -75,7 +75,9 @@ def plugin_layers(trt, network) -> list[tuple[str, str, str]]:
 
 def check_plugin_layers(trt, network, model: onnx.ModelProto, *, with_plugins: bool) -> None:
     """RuntimeError unless our plugin layers are exactly ``model``'s custom nodes (none without plugins)."""
-    expected = Counter({op: n for op, n in custom_op_counts(model).items() if op in PLUGIN_OPS}) if with_plugins else Counter()
+    expected = Counter()
+    if with_plugins:
+        expected = Counter({op: n for op, n in custom_op_counts(model).items() if op in PLUGIN_OPS})
     got = Counter(name for _, namespace, name in plugin_layers(trt, network) if namespace == DOMAIN)
     if got != expected:
         raise RuntimeError(

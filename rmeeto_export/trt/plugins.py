@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.files import file_sha256
 from rmeeto_export.trt.backend import Backend
 from rmeeto_export.trt.python_plugins import NAMESPACE, VERSION, python_plugin_creators
 
@@ -31,6 +31,7 @@ _TRT_LIBRARY_PATTERNS = {
 }
 
 _log = logging.getLogger(__name__)
+_loaded_libraries: set[str] = set()  # TensorRT registers a library's creators once per process
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,6 @@ def find_plugin_library() -> Optional[Path]:
         if candidate.is_file():
             return candidate.resolve()
     return None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def elf_needed_libraries(path: Path) -> list[str]:
@@ -171,4 +164,3 @@ def _deregister_python_plugins(backend: Backend) -> None:
             registry.deregister_creator(creator)
 
 
-_loaded_libraries: set[str] = set()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from rmeeto_export.errors import UserError
-from rmeeto_export.trt.files import write_bytes_atomic
+from rmeeto_export.files import write_json_atomic
 from rmeeto_export.trt.plugins import PluginSource
 
 
@@ -47,8 +47,7 @@ def record_path(engine_path: Path) -> Path:
 
 def write_record(engine_path: Path, record: BuildRecord) -> Path:
     path = record_path(engine_path)
-    write_bytes_atomic(path, (json.dumps(record.to_json(), indent=2) + "\n").encode())
-    return path
+    return write_json_atomic(path, record.to_json())
 
 
 def read_record(engine_path: Path) -> BuildRecord:

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.files import file_sha256
 from rmeeto_export.trt.backend import Backend, load_backend
 from rmeeto_export.trt.plugins import (
     PluginSource,
     check_library_matches_backend,
-    file_sha256,
     find_plugin_library,
     load_plugin_library,
     register_python_plugins,

@@ -9,7 +9,8 @@ from handmade_graphs import write_custom_node_graph
 from rmeeto_export.errors import UserError
 from rmeeto_export.trt import plugins as plugins_module
 from rmeeto_export.trt.backend import Backend
-from rmeeto_export.trt.plugins import PluginSource, file_sha256
+from rmeeto_export.files import file_sha256
+from rmeeto_export.trt.plugins import PluginSource
 from rmeeto_export.trt.record import BuildRecord, read_record
 from rmeeto_export.trt.runtime import Engine, check_engine_fits, plugin_library_for
 from rmeeto_export.trt.targets import current_gpu
