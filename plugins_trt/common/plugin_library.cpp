@@ -5,6 +5,7 @@
 //    so the creators register themselves from a static initialiser.
 // When the dynamic loader follows a dlopen of the same library, getCreators first withdraws the
 // static registration, so each creator is registered exactly once, by the loader that asked.
+// Building with RMEETO_STATIC_REGISTRATION=0 leaves only the dynamic entry points.
 #include "selective_scan_plugin.h"
 #include "token_merge_plugin.h"
 
@@ -55,7 +56,9 @@ private:
     std::array<bool, 2> mRegistered{};
 };
 
+#if RMEETO_STATIC_REGISTRATION
 StaticRegistration gStaticRegistration;
+#endif
 
 } // namespace
 } // namespace rmeeto::plugin
@@ -68,7 +71,9 @@ extern "C" __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1:
 extern "C" __attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterface* const* getCreators(
     int32_t& nbCreators)
 {
+#if RMEETO_STATIC_REGISTRATION
     rmeeto::plugin::gStaticRegistration.withdraw();
+#endif
     nbCreators = static_cast<int32_t>(rmeeto::plugin::creators().size());
     return rmeeto::plugin::creators().data();
 }
