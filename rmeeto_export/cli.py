@@ -100,14 +100,19 @@ def info(model_name: str, ratio: Optional[float], merge_r: Optional[int], as_jso
 @click.option("--target-cc", default=None, help="TensorRT-RTX target compute capability, e.g. sm86, sm89, sm120")
 @click.option("--parity-samples", type=int, default=8, show_default=True, help="random inputs compared in parity")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of random weights and parity inputs")
+@click.option("--data", default=None, help="ImageFolder root (train/, val/): re-train the merged model first")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="re-training epochs")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="re-training batch per process (see `rmeeto-export retrain` for every recipe setting)")
 def build(model_name, ratio, merge_r, weights, use_ema, precision, batch, out, trt_backend, plugins, target_cc,
-          parity_samples, seed) -> None:
+          parity_samples, seed, data, epochs, batch_size) -> None:
     """Merge, export, check and build: the whole job into one output folder."""
     from rmeeto_export.pipelines.build import BuildConfig, build as run_build
 
     config = BuildConfig(model=model_name, ratio=ratio, r=merge_r, weights=weights, use_ema=use_ema,
                          precision=precision, batch=batch, seed=seed, parity_samples=parity_samples,
-                         trt=trt_backend, plugins=plugins, target_cc=target_cc)
+                         trt=trt_backend, plugins=plugins, target_cc=target_cc, data=data, epochs=epochs,
+                         batch_size=batch_size)
     run_build(config, out or Path("out") / model_name, log=click.echo)
 
 
@@ -131,3 +136,12 @@ def verify(out: Path) -> None:
     from rmeeto_export.pipelines.build import rerun_verify
 
     rerun_verify(out, log=click.echo)
+
+
+def _register_subcommands() -> None:
+    from rmeeto_export.pipelines.retrain import retrain_command
+
+    main.add_command(retrain_command)
+
+
+_register_subcommands()

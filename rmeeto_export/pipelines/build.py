@@ -55,6 +55,9 @@ class BuildConfig:
     plugins: str = "auto"
     target_cc: Optional[str] = None
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # create_model overrides (small test models)
+    data: Optional[str] = None  # ImageFolder root: re-train the merged model first
+    epochs: int = 3
+    batch_size: int = 128
 
     @property
     def random_weights(self) -> bool:
@@ -225,19 +228,17 @@ def export_stage(model: Vim, manifest: Manifest) -> dict[str, Any]:
     return {"note": f"{ONNX}, {PORTABLE_ONNX} ({config.precision}, batch {config.batch})"}
 
 
-def parity_stage(model: Vim, manifest: Manifest, engine_report: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def parity_stage(model: Vim, manifest: Manifest) -> dict[str, Any]:
     """ONNX Runtime (both graphs) against PyTorch; parity.json is written before any failure is raised."""
-    from rmeeto_export.export import check_parity
+    from rmeeto_export.export.parity import compare_logits, run_onnx, torch_logits
 
     config = manifest.config
     images = parity_inputs(model, config)
-    reports = {
-        f"onnxruntime:{name}": check_parity(model, manifest.out / name, images, config.precision, batch=config.batch)
-        for name in (ONNX, PORTABLE_ONNX)
-    }
-    results = {key: report.to_json() for key, report in reports.items()}
-    if engine_report is not None:
-        results.update(engine_report)
+    expected = torch_logits(model, images)
+    results = {}
+    for name in (ONNX, PORTABLE_ONNX):
+        actual, provider = run_onnx(manifest.out / name, images.numpy())
+        results[f"onnxruntime:{name}"] = compare_logits(actual, expected, config.precision, provider).to_dict()
     passed = all(result["passed"] for result in results.values())
     write_json_atomic(manifest.out / PARITY, {"precision": config.precision, "samples": len(images),
                                               "passed": passed, "results": results})
@@ -246,14 +247,13 @@ def parity_stage(model: Vim, manifest: Manifest, engine_report: Optional[dict[st
     if not passed:
         failed = ", ".join(key for key, result in results.items() if not result["passed"])
         raise ParityFailure(f"parity failed for {failed}: see {manifest.out / PARITY}")
-    worst = max(result["max_abs_error"] for result in results.values())
+    worst = max(result["max_abs"] for result in results.values())
     agreement = min(result["top1_agreement"] for result in results.values())
     return {"note": f"max abs logit error {worst:.2e}, top-1 agreement {agreement:.0%} on {len(images)} inputs"}
 
 
 def _parity_summary(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("passed", "max_abs_error", "cosine", "top1_agreement")
-    return {k: result[k] for k in keys if k in result}
+    return {k: result[k] for k in ("passed", "max_abs", "min_cosine", "top1_agreement")}
 
 
 def engine_stage(manifest: Manifest, log: Log) -> dict[str, Any]:
@@ -303,8 +303,8 @@ def write_report(manifest: Manifest) -> None:
     lines += [f"| {name} | {s.get('status', 'ok')} | {s['seconds']:.1f} | {s.get('note', '')} |"
               for name, s in data["stages"].items()]
     if data.get("parity"):
-        lines += ["", "| parity | passed | max abs error | cosine | top-1 agreement |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {key} | {p['passed']} | {p['max_abs_error']:.2e} | {p.get('cosine', float('nan')):.6f} | "
+        lines += ["", "| parity | passed | max abs error | min cosine | top-1 agreement |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {key} | {p['passed']} | {p['max_abs']:.2e} | {p['min_cosine']:.6f} | "
                   f"{p['top1_agreement']:.0%} |" for key, p in data["parity"].items()]
     lines += ["", "| artifact | bytes | sha256 |", "| --- | --- | --- |"]
     lines += [f"| {name} | {a['bytes']} | `{a['sha256'][:16]}` |" for name, a in data["artifacts"].items()]
@@ -316,16 +316,50 @@ def _finish(manifest: Manifest) -> None:
     manifest.write()
 
 
+def retrain_stage(config: BuildConfig, out: Path, log: Log) -> BuildConfig:
+    """Re-train the merged model on ``config.data``; the rest of the build uses the result's weights."""
+    from rmeeto_export.pipelines.retrain import RetrainConfig, retrain
+
+    result = retrain(RetrainConfig(
+        model=config.model, data=config.data, weights=config.weights, ratio=config.ratio, merge_r=config.r,
+        epochs=config.epochs, batch_size=config.batch_size, out=str(out / "retrain"), seed=config.seed,
+        model_overrides=config.overrides,
+    ), log=lambda line: log(f"      {line}"))
+    num_classes = result_num_classes(result.weights)
+    return dataclasses.replace(config, weights=str(result.weights), use_ema=False,
+                               overrides={**config.overrides, "num_classes": num_classes})
+
+
+def result_num_classes(weights: Path) -> int:
+    from rmeeto_export.models.weights import read_state_dict
+
+    return int(read_state_dict(str(weights))["head.bias"].shape[0])
+
+
 def build(config: BuildConfig, out: Path, log: Log = print) -> Manifest:
     """The whole job into ``out``; raises ParityFailure after writing parity.json and the report."""
     check_config(config)
     check_out_dir(out)
-    manifest = Manifest.new(out, config)
-    if config.random_weights:
+    retraining = config.data is not None
+    if config.random_weights and not retraining:
         log("WARNING: no --weights given: using RANDOM weights (seeded); the result is for checking the "
             "pipeline, not for deployment")
-    stages = Stages(manifest, total=5, log=log)
+    total = 6 if retraining else 5
     model = None
+    if retraining:
+        log(f"[1/{total}] re-train the merged model on {config.data} ...")
+        started = time.perf_counter()
+        trained = retrain_stage(config, out, log)
+        manifest = Manifest.new(out, trained)
+        manifest.record_stage("retrain", time.perf_counter() - started, status="ok", data=config.data,
+                              epochs=config.epochs, note=f"weights {trained.weights}")
+        manifest.data["random_weights"] = False
+        config = trained
+        stages = Stages(manifest, total=total, log=log)
+        stages.done = 1
+    else:
+        manifest = Manifest.new(out, config)
+        stages = Stages(manifest, total=total, log=log)
 
     def load() -> dict[str, Any]:
         nonlocal model
