@@ -37,6 +37,7 @@ class _BodyBuilder:
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix  # keeps a subgraph's names apart from its parent's
         self.nodes: list[onnx.NodeProto] = []
+        self._constants: dict[tuple, str] = {}  # one Constant node per distinct value
 
     def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: Any) -> Any:
         index = len(self.nodes)
@@ -45,14 +46,20 @@ class _BodyBuilder:
         self.nodes.append(node)
         return names[0] if outputs == 1 else names
 
+    def _constant(self, data_type: int, dims: list[int], values: list) -> str:
+        key = (data_type, tuple(dims), tuple(values))
+        if key not in self._constants:
+            self._constants[key] = self.op("Constant", value=helper.make_tensor("v", data_type, dims, values))
+        return self._constants[key]
+
     def ints(self, *values: int) -> str:
-        return self.op("Constant", value=helper.make_tensor("v", TensorProto.INT64, [len(values)], list(values)))
+        return self._constant(TensorProto.INT64, [len(values)], list(values))
 
     def int_scalar(self, value: int) -> str:
-        return self.op("Constant", value=helper.make_tensor("v", TensorProto.INT64, [], [value]))
+        return self._constant(TensorProto.INT64, [], [value])
 
     def float_scalar(self, value: float) -> str:
-        return self.op("Constant", value=helper.make_tensor("v", TensorProto.FLOAT, [], [value]))
+        return self._constant(TensorProto.FLOAT, [], [value])
 
     def attribute_scalar(self, attribute: str) -> str:
         """An int64 scalar holding the value of the function's int attribute `attribute`."""

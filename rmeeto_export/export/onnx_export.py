@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import io
 import os
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.files import write_bytes_atomic
 from rmeeto_export.export.functions import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, custom_functions
 from rmeeto_export.export.static_shapes import fold_static_shapes
 from rmeeto_export.export.symbolics import ExportError, register_symbolics
@@ -80,25 +81,30 @@ def _check_batch(batch: int) -> None:
         raise UserError(f"batch must be a positive integer, got {batch!r}")
 
 
-def _trace(graph: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+def export_module(
+    module: nn.Module, example_inputs: tuple[torch.Tensor, ...], input_names: list[str], output_names: list[str]
+) -> onnx.ModelProto:
+    """Trace `module` (static shapes) to ONNX with rmeeto:: nodes and their function bodies attached."""
     register_symbolics()
     buffer = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(
-            graph,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            custom_opsets={DOMAIN: DOMAIN_VERSION},
-            do_constant_folding=True,
-        )
-    return onnx.load_from_string(buffer.getvalue())
-
-
-def _with_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter is deprecated, but it is the one that keeps custom-domain nodes.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                module,
+                example_inputs,
+                buffer,
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=input_names,
+                output_names=output_names,
+                custom_opsets={DOMAIN: DOMAIN_VERSION},
+                do_constant_folding=True,
+            )
+    except ExportError as error:
+        raise UserError(str(error)) from None
+    model = onnx.load_from_string(buffer.getvalue())
     used = {(node.domain, node.op_type) for node in model.graph.node}
     model.functions.extend(f for f in custom_functions() if (f.domain, f.name) in used)
     return model
@@ -121,26 +127,8 @@ def build_onnx(model: nn.Module, *, batch: int = 1, precision: str = "fp32", por
     cfg = model.cfg
     example = torch.zeros(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
     graph = _ExportGraph(model_in_precision(model, precision), PRECISIONS[precision])
-    try:
-        exported = _with_functions(_trace(graph, example))
-    except ExportError as error:
-        raise UserError(str(error)) from None
+    exported = export_module(graph, (example,), [INPUT_NAME], [OUTPUT_NAME])
     return fold_static_shapes(inline_custom_ops(exported) if portable_graph else exported)
-
-
-def write_atomically(data: bytes, path: Union[str, os.PathLike]) -> Path:
-    """Write to a temporary file next to `path`, then rename: readers never see a partial file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def export_onnx(
@@ -158,4 +146,4 @@ def export_onnx(
     their function bodies. Same model and options give a byte-identical file.
     """
     proto = build_onnx(model, batch=batch, precision=precision, portable_graph=portable)
-    return write_atomically(proto.SerializeToString(), path)
+    return write_bytes_atomic(path, proto.SerializeToString())
