@@ -14,6 +14,7 @@ from rmeeto_export.errors import UserError
 from rmeeto_export.files import write_bytes_atomic
 from rmeeto_export.trt.backend import Backend, load_backend
 from rmeeto_export.trt.graph import (
+    check_plugin_input_types,
     check_plugin_layers,
     custom_nodes,
     custom_nodes_without_function,
@@ -79,7 +80,7 @@ def build_engine(
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build {onnx_path}: {' | '.join(trt_backend.logger.take_errors())}")
+        raise UserError(f"TensorRT could not build {onnx_path}: {' | '.join(trt_backend.logger.take_errors()[:3])}")
     engine = bytes(serialized)
     write_bytes_atomic(engine_path, engine)
     if cache is not None:
@@ -164,6 +165,7 @@ def parse_network(backend: Backend, model: onnx.ModelProto, onnx_path: Path, *, 
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
         raise UserError(f"TensorRT could not parse {onnx_path}: {' | '.join(errors[:3])}")
     check_plugin_layers(backend.trt, network, model, with_plugins=with_plugins)
+    check_plugin_input_types(backend.trt, network)
     return ParsedNetwork(builder, network, parser)
 
 

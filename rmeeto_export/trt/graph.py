@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from typing import Any
 
 import onnx
 
 from rmeeto_export.export.functions import DOMAIN, SELECTIVE_SCAN, TOKEN_MERGE
+from rmeeto_export.errors import UserError
 from rmeeto_export.export.graph_checks import custom_op_counts
+from rmeeto_export.trt.python_plugins import accepts_type
 
 PLUGIN_OPS = (SELECTIVE_SCAN, TOKEN_MERGE)
 
@@ -60,8 +63,8 @@ def layers_by_type(network) -> dict[str, list[str]]:
     return dict(grouped)
 
 
-def plugin_layers(trt, network) -> list[tuple[str, str, str]]:
-    """(layer name, plugin namespace, plugin name) of every IPluginV3 layer."""
+def _plugin_v3_layers(trt, network) -> list[tuple[Any, str, str]]:
+    """(layer, plugin namespace, plugin name) of every IPluginV3 layer."""
     found = []
     for index in range(network.num_layers):
         layer = network.get_layer(index)
@@ -69,8 +72,31 @@ def plugin_layers(trt, network) -> list[tuple[str, str, str]]:
             continue
         layer.__class__ = trt.IPluginV3Layer  # the bindings return the base class; this is its real type
         core = layer.plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
-        found.append((layer.name, core.plugin_namespace, core.plugin_name))
+        found.append((layer, core.plugin_namespace, core.plugin_name))
     return found
+
+
+def plugin_layers(trt, network) -> list[tuple[str, str, str]]:
+    """(layer name, plugin namespace, plugin name) of every IPluginV3 layer."""
+    return [(layer.name, namespace, name) for layer, namespace, name in _plugin_v3_layers(trt, network)]
+
+
+def check_plugin_input_types(trt, network) -> None:
+    """UserError when an input of one of our plugin layers has a type the plugins do not take.
+
+    TensorRT-RTX 1.7 corrupts its heap and aborts when no format combination fits, instead of
+    failing the build, so the types are checked before building.
+    """
+    for layer, namespace, plugin in _plugin_v3_layers(trt, network):
+        if namespace != DOMAIN:
+            continue
+        types = [layer.get_input(i).dtype for i in range(layer.num_inputs)]
+        for pos, kind in enumerate(types):
+            if not accepts_type(trt, plugin, pos, len(types), types):
+                raise UserError(
+                    f"{plugin} node {layer.name}: input {pos} is {kind.name}; our plugins take fp32/fp16/bf16 "
+                    "activations of one type and fp32 A, D, delta_bias, residual and size"
+                )
 
 
 def check_plugin_layers(trt, network, model: onnx.ModelProto, *, with_plugins: bool) -> None:

@@ -36,13 +36,33 @@ def field_values(fields, specs: dict[str, Optional[int]], plugin: str) -> dict[s
     return {name: given.get(name, default) for name, default in specs.items()}
 
 
+def accepts_type(trt: ModuleType, plugin_name: str, pos: int, num_inputs: int, types: list) -> bool:
+    """Whether tensor ``pos`` (inputs, then outputs) of our plugin may have type ``types[pos]``.
+
+    ``types`` holds the types of positions 0..pos. Same rule as the C++ plugins: activations
+    fp32/fp16/bf16 sharing the first input's type; A, D, delta_bias, residual and size fp32.
+    """
+    activation_types = (trt.float32, trt.float16, trt.bfloat16)
+    kind = types[pos]
+    if plugin_name == "SelectiveScan":
+        if num_inputs not in _SCAN_INPUT_COUNTS:
+            return False
+        if pos in _SCAN_FP32_INPUTS:
+            return kind == trt.float32
+        return kind in activation_types if pos == 0 else kind == types[0]
+    if num_inputs != 3:  # TokenMerge: hidden, residual, size -> the same three, merged
+        return False
+    if pos == 0:
+        return kind in activation_types
+    return kind == types[0] if pos == 3 else kind == trt.float32
+
+
 @lru_cache(maxsize=None)
 def python_plugin_creators(trt: ModuleType) -> tuple:
     """Creator objects for ``trt`` (tensorrt or tensorrt_rtx), made once per module.
 
     The classes derive from the module's binding types, so they are defined per module.
     """
-    activation_types = (trt.float32, trt.float16, trt.bfloat16)
 
     class _RmeetoPlugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime):
         """Parts both plugins share: identity, int32 fields, cloning, enqueue through torch."""
@@ -99,6 +119,11 @@ def python_plugin_creators(trt: ModuleType) -> tuple:
                 for out, result in zip(as_tensors(outputs, output_desc), self.compute(as_tensors(inputs, input_desc))):
                     out.copy_(result)
 
+        def supports_format_combination(self, pos, in_out, num_inputs):
+            types = [tensor.desc.type for tensor in in_out[: pos + 1]]
+            linear = in_out[pos].desc.format == trt.TensorFormat.LINEAR
+            return linear and accepts_type(trt, self.PLUGIN_NAME, pos, num_inputs, types)
+
         def compute(self, inputs):
             raise NotImplementedError
 
@@ -111,18 +136,6 @@ def python_plugin_creators(trt: ModuleType) -> tuple:
 
         def get_output_shapes(self, inputs, shape_inputs, expr_builder):
             return [trt.DimsExprs(inputs[0])]
-
-        def supports_format_combination(self, pos, in_out, num_inputs):
-            if num_inputs not in _SCAN_INPUT_COUNTS:
-                return False
-            desc = in_out[pos].desc
-            if desc.format != trt.TensorFormat.LINEAR:
-                return False
-            if pos in _SCAN_FP32_INPUTS:
-                return desc.type == trt.float32
-            if pos == 0:
-                return desc.type in activation_types
-            return desc.type == in_out[0].desc.type  # delta, B, C, z and y share u's type
 
         def compute(self, inputs):
             from rmeeto_export import kernels
@@ -150,18 +163,6 @@ def python_plugin_creators(trt: ModuleType) -> tuple:
                 merged[1] = expr_builder.operation(trt.DimensionOperation.SUB, dims[1], removed)
                 shapes.append(merged)
             return shapes
-
-        def supports_format_combination(self, pos, in_out, num_inputs):
-            if num_inputs != 3:
-                return False
-            desc = in_out[pos].desc
-            if desc.format != trt.TensorFormat.LINEAR:
-                return False
-            if pos == 0:
-                return desc.type in activation_types
-            if pos == 3:  # merged hidden keeps hidden's type
-                return desc.type == in_out[0].desc.type
-            return desc.type == trt.float32  # residual stream and sizes stay fp32
 
         def compute(self, inputs):
             from rmeeto_export import kernels

@@ -26,10 +26,13 @@ def _custom_node(op_type: str, inputs: list[str], outputs: list[str], **attribut
     )
 
 
-def write_custom_node_graph(path: Path, precision: str = "fp32", batch: Batch = 1) -> Path:
-    """Forward and reverse SelectiveScan plus one TokenMerge, activations in ``precision``."""
+def write_custom_node_graph(path: Path, precision: str = "fp32", batch: Batch = 1, stream_precision: str = "fp32") -> Path:
+    """Forward and reverse SelectiveScan plus one TokenMerge, activations in ``precision``.
+
+    stream_precision: type of TokenMerge's residual and size, which the plugins require in fp32.
+    """
     act = _ONNX_TYPE[precision]
-    fp32 = TensorProto.FLOAT
+    fp32 = _ONNX_TYPE[stream_precision]
     rng = np.random.default_rng(0)
     seq = [batch, CHANNELS, LENGTH]
     states = [batch, STATES, LENGTH]

@@ -133,3 +133,12 @@ def test_tensorrt_rtx_has_no_timing_cache_so_none_is_written(tmp_path, rtx):
     record = build_engine(write_standard_graph(tmp_path / "model.onnx"), tmp_path / "model.engine",
                           backend="tensorrt-rtx", timing_cache=cache)
     assert record.flags["timing_cache"] is None and not cache.exists()
+
+
+# TensorRT-RTX 1.7 aborts the process (heap corruption) when a plugin accepts no format combination,
+# so the builder checks the plugin input types first.
+def test_types_the_plugins_do_not_take_are_a_user_error_before_building(tmp_path, rtx):
+    onnx_path = write_custom_node_graph(tmp_path / "model.onnx", "fp16", stream_precision="fp16")  # residual must be fp32
+    with pytest.raises(UserError, match="TokenMerge node .*: input 1 is HALF"):
+        build_engine(onnx_path, tmp_path / "model.engine", backend="tensorrt-rtx", plugins="python", precision="fp16")
+    assert _files(tmp_path) == ["model.onnx"]

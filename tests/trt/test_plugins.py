@@ -18,6 +18,7 @@ from rmeeto_export.trt.plugins import (
 from rmeeto_export.trt.python_plugins import (
     SELECTIVE_SCAN_FIELDS,
     TOKEN_MERGE_FIELDS,
+    accepts_type,
     field_values,
     python_plugin_creators,
 )
@@ -67,6 +68,14 @@ def test_plugins_on_without_the_library_is_a_user_error(no_plugin_library):
     rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
     with pytest.raises(UserError, match="plugins=on but the C\\+\\+ plugin library librmeeto_trt_plugins.so was not found"):
         load_plugins(Backend("tensorrt-rtx", rtx), "on")
+
+
+def test_plugins_auto_without_the_library_uses_the_python_plugins(no_plugin_library):
+    rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    backend = Backend("tensorrt-rtx", rtx)
+    assert load_plugins(backend, "auto") == PluginSource(None, None)
+    creators = python_plugin_creators(rtx)
+    assert [rtx.get_plugin_registry().get_creator(c.name, "1", "rmeeto") for c in creators] == list(creators)
 
 
 def test_unknown_plugin_mode_is_a_user_error():
@@ -134,3 +143,28 @@ def test_cpp_plugin_library_registers_our_creators():
     for name in ("SelectiveScan", "TokenMerge"):
         creator = registry.get_creator(name, "1", "rmeeto")
         assert creator is not None and all(creator is not ours for ours in python_creators)
+
+
+def _types(rtx, names):
+    return [getattr(rtx, name) for name in names]
+
+
+@pytest.mark.parametrize(
+    "plugin, names, accepted",
+    [
+        ("SelectiveScan", ["bfloat16"] * 2 + ["float32"] + ["bfloat16"] * 2 + ["float32", "bfloat16", "float32"], True),
+        ("SelectiveScan", ["float16", "float16", "float32", "float16", "float16"], True),  # without D, z, delta_bias
+        ("SelectiveScan", ["float16", "float32"], False),  # delta must share u's type
+        ("SelectiveScan", ["float16", "float16", "float16"], False),  # A stays fp32
+        ("TokenMerge", ["float16", "float32", "float32", "float16", "float32", "float32"], True),
+        ("TokenMerge", ["int32"], False),
+        ("TokenMerge", ["float16", "float16"], False),  # the residual stream stays fp32
+    ],
+)
+def test_plugin_type_rule(plugin, names, accepted):
+    rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    types = _types(rtx, names)
+    num_inputs = (8 if len(types) > 5 else 5) if plugin == "SelectiveScan" else 3
+    verdicts = [accepts_type(rtx, plugin, pos, num_inputs, types) for pos in range(len(types))]
+    assert all(verdicts) == accepted
+    assert accepted or not verdicts[-1]  # the last type listed is the one rejected
