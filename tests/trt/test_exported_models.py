@@ -25,10 +25,16 @@ def rtx():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """{(precision, portable): onnx path} of the tiny merged test model (17 tokens, r=2 at block 2)."""
+def tiny_model():
+    """17 tokens, class token at 8, r=2 merged at block 2."""
     torch.manual_seed(0)
-    model = create_model("vim_t", embed_dim=32, depth=4, img_size=32, patch_size=8, num_classes=10, merge_r=2).eval()
+    return create_model("vim_t", embed_dim=32, depth=4, img_size=32, patch_size=8, num_classes=10, merge_r=2).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_model):
+    """{(precision, portable): onnx path} of the tiny merged test model."""
+    model = tiny_model
     folder = tmp_path_factory.mktemp("exported")
     variants = [("fp32", False), ("fp16", False), ("fp32", True)]
     return {
@@ -72,3 +78,20 @@ def test_function_bodies_are_inlined_without_plugins_even_when_registered(export
 def test_graph_builds_without_plugins(exported, rtx, tmp_path, variant):
     record = build_engine(exported[variant], tmp_path / "model.engine", backend="tensorrt-rtx", plugins="off")
     assert record.plugins is None and record.engine_bytes > 0
+
+
+def test_plugins_receive_the_node_attributes(exported, rtx, tiny_model):
+    onnx_path = exported[("fp32", False)]
+    parsed = parse_network(rtx, load_onnx(onnx_path), onnx_path, with_plugins=True)
+    values = {}
+    for index in range(parsed.network.num_layers):
+        layer = parsed.network.get_layer(index)
+        if layer.type == rtx.trt.LayerType.PLUGIN_V3:
+            layer.__class__ = rtx.trt.IPluginV3Layer
+            plugin = layer.plugin  # our Python object: its parsed field values are readable
+            values.setdefault(plugin.plugin_name, []).append(plugin.values)
+    schedule = tiny_model.schedule
+    (merge_block,) = schedule.merge_blocks
+    assert values["TokenMerge"] == [{"r": schedule.r, "cls_index": schedule.cls_index_per_block[merge_block - 1]}]
+    assert sorted(v["reverse"] for v in values["SelectiveScan"]) == [0] * 4 + [1] * 4
+    assert all(v["delta_softplus"] == 1 for v in values["SelectiveScan"])
