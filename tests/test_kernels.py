@@ -89,6 +89,37 @@ def test_plugin_glue_compiles_and_passes_cpu_check(tmp_path, version):
     assert check.stdout.strip().endswith("0 failed")
 
 
+@pytest.mark.slow
+@needs_toolchain
+def test_c_api_rejects_bad_arguments_before_any_launch(default_build, monkeypatch):
+    """Through the binding's own ctypes declarations (a wrong argument count would raise TypeError).
+    Fake device pointers are never dereferenced: validation refuses first, or, without a GPU, the launch
+    fails and comes back as a status instead of a crash."""
+    monkeypatch.setenv(kernels.LIBRARY_ENV_VAR, str(default_build / kernels.LIBRARY_NAME))
+    kernels.load_library.cache_clear()
+    try:
+        lib = kernels.load_library()
+        fake = 256
+        scan = lambda dtype, dstate, u: lib.rmeeto_selective_scan_fwd(  # noqa: E731
+            dtype, 1, 4, dstate, 5, u, fake, fake, fake, fake, None, None, None, 1, 0, fake, None
+        )
+        assert scan(0, 16, None) == 1  # INVALID_ARGUMENT: u missing
+        assert scan(0, 12, fake) == 2  # UNSUPPORTED: d_state 12
+        assert scan(7, 16, fake) == 2  # UNSUPPORTED: unknown dtype
+        workspace = lib.rmeeto_token_merge_workspace_size(2, 197, 11)
+        merge = lambda r, cls_index, workspace_bytes: lib.rmeeto_token_merge(  # noqa: E731
+            0, 2, 197, 8, r, cls_index, *[fake] * 7, workspace_bytes, None
+        )
+        assert merge(99, 98, workspace) == 1  # r above the 98 sources
+        assert merge(11, 197, workspace) == 1  # class token outside the sequence
+        assert merge(11, 98, workspace - 1) == 3  # WORKSPACE_TOO_SMALL
+        if not torch.cuda.is_available():
+            assert scan(1, 16, fake) == 4 and merge(11, 98, workspace) == 4  # CUDA_ERROR: no device
+        assert "workspace" in lib.rmeeto_status_string(3).decode()
+    finally:
+        kernels.load_library.cache_clear()
+
+
 # ---------------------------------------------------------------- binding errors, no GPU needed
 
 
