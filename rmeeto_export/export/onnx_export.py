@@ -89,8 +89,10 @@ def export_module(
     buffer = io.BytesIO()
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter is deprecated, but it is the one that keeps custom-domain nodes.
+            # The TorchScript exporter is deprecated, but it is the one that keeps custom-domain nodes;
+            # its notes on constant folding (e.g. the backward conv's flipped weight) are harmless.
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
             torch.onnx.export(
                 module,
                 example_inputs,
