@@ -1,0 +1,27 @@
+"""INT8 for TensorRT 10 and 11: calibrate activation ranges, then write explicit Q/DQ into the ONNX graph.
+
+TensorRT 11 has no implicit INT8 calibration; precision lives in the graph (DESIGN.md section 5).
+API for the build pipeline:
+    calibrate(onnx_path, cache_path, images, num=512, method="percentile") -> {tensor: scale}
+    quantize(onnx_path, cache_path, out_path) -> Path   # the INT8 Q/DQ graph
+    linear_layers(onnx_model) -> [LinearLayer]          # what gets quantised
+"""
+
+from rmeeto_export.calibration.cache import CalibrationCache, load_cache
+from rmeeto_export.calibration.collect import DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, METHODS, calibrate
+from rmeeto_export.calibration.layers import ROLES, LinearLayer, linear_layers
+from rmeeto_export.calibration.quantize import quantize, quantize_model
+
+__all__ = [
+    "DEFAULT_NUM_IMAGES",
+    "DEFAULT_PERCENTILE",
+    "METHODS",
+    "ROLES",
+    "CalibrationCache",
+    "LinearLayer",
+    "calibrate",
+    "linear_layers",
+    "load_cache",
+    "quantize",
+    "quantize_model",
+]

@@ -1,0 +1,144 @@
+"""Calibration: activation ranges of the linear layers' inputs, measured by running the fp32 graph.
+
+ONNX Runtime's calibrators run the exported graph itself (with the MatMul/Gemm tensors added as
+outputs), so the ranges are those of exactly the tensors that get quantised, custom-op function
+bodies included. Methods:
+- "max": the largest |x| seen;
+- "percentile" (default, 99.99): the |x| below which that percentage of all values fall, which
+  ignores the rare outliers that would otherwise stretch the scale for every other value;
+- "entropy": the threshold minimising the KL divergence between the fp32 histogram and its int8
+  version (TensorRT's legacy entropy calibration; 2048 bins onto 128 levels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
+
+from rmeeto_export.calibration.cache import CalibrationCache, CalibrationSettings, fingerprint, load_cache, save_cache
+from rmeeto_export.calibration.images import list_images, load_image, pick
+from rmeeto_export.calibration.layers import linear_layers
+from rmeeto_export.errors import UserError
+
+METHODS = ("max", "percentile", "entropy")
+DEFAULT_METHOD = "percentile"
+DEFAULT_PERCENTILE = 99.99
+DEFAULT_NUM_IMAGES = 512
+_ORT_METHODS = {"max": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                "entropy": CalibrationMethod.Entropy}
+_HISTOGRAM_BINS = 2048
+_ENTROPY_LEVELS = 128  # int8's positive levels
+# ONNX Runtime holds every added output of the batches of one collect call before reducing them;
+# collecting in groups of this many batches bounds that memory for large models and many images.
+# (Its own max_intermediate_outputs option is not used: in onnxruntime 1.31 MinMax drops the held
+# outputs unreduced when that limit is reached.)
+_BATCHES_PER_COLLECT = 16
+
+PathLike = Union[str, Path]
+
+
+@contextlib.contextmanager
+def quiet_onnxruntime() -> Iterator[None]:
+    """ONNX Runtime's quantisation tools print progress and log advice; neither belongs in our output."""
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def check_method(method: str, percentile: float) -> None:
+    if method not in METHODS:
+        raise UserError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    if not 50.0 < percentile <= 100.0:
+        raise UserError(f"percentile must be in (50, 100], got {percentile}")
+
+
+def input_shape(model: onnx.ModelProto) -> tuple[int, int]:
+    """(batch, image size) of the graph's static image input."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or any(not d.HasField("dim_value") for d in dims):
+        raise UserError("the ONNX model has no static (batch, 3, H, W) image input; export it with rmeeto-export")
+    return dims[0].dim_value, dims[2].dim_value
+
+
+class _Batches(CalibrationDataReader):
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> Optional[dict[str, np.ndarray]]:
+        return next(self._feeds, None)
+
+
+def _feeds(files: list[str], input_name: str, batch: int, size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Full batches of the graph's static batch size; a last partial batch is left out."""
+    for start in range(0, len(files) - batch + 1, batch):
+        yield {input_name: np.stack([load_image(path, size) for path in files[start : start + batch]])}
+
+
+def collect_amax(onnx_path: PathLike, tensors: list[str], feeds: Iterator[dict[str, np.ndarray]], method: str,
+                 percentile: float) -> dict[str, float]:
+    """Calibrated |x| range of each of `tensors` over all `feeds`."""
+    options = {"symmetric": True, "percentile": percentile, "num_bins": _HISTOGRAM_BINS,
+               "num_quantized_bins": _ENTROPY_LEVELS}
+    with tempfile.TemporaryDirectory(prefix="rmeeto-calibrate-") as work, quiet_onnxruntime():
+        calibrator = create_calibrator(Path(onnx_path), ["MatMul", "Gemm"], str(Path(work) / "augmented.onnx"),
+                                       _ORT_METHODS[method], extra_options=options)
+        while chunk := list(itertools.islice(feeds, _BATCHES_PER_COLLECT)):
+            calibrator.collect_data(_Batches(chunk))
+        ranges = calibrator.compute_data()
+    return {name: _amax(*ranges[name].range_value) for name in tensors}
+
+
+def _amax(lowest: np.ndarray, highest: np.ndarray) -> float:
+    """The symmetric range |x| <= amax covering [lowest, highest] (ONNX Runtime gives 0-d or 1-element arrays)."""
+    return float(np.max(np.abs(np.concatenate([np.ravel(lowest), np.ravel(highest)]))))
+
+
+def calibrate(
+    onnx_path: PathLike,
+    out_path: PathLike,
+    images: str,
+    num: int = DEFAULT_NUM_IMAGES,
+    method: str = DEFAULT_METHOD,
+    *,
+    percentile: float = DEFAULT_PERCENTILE,
+    force: bool = False,
+) -> dict[str, float]:
+    """Activation scales of `onnx_path`'s linear layers from `num` images under `images`.
+
+    The cache is written to `out_path` (JSON, atomically). If `out_path` already holds a cache for
+    the same weights and settings it is returned as is, without reading any image, unless `force`.
+    Returns {activation tensor name: int8 scale}.
+    """
+    check_method(method, percentile)
+    if not Path(onnx_path).is_file():
+        raise UserError(f"ONNX model not found: {onnx_path}")
+    model = onnx.load(str(onnx_path))
+    layers = linear_layers(model)
+    settings = CalibrationSettings(method, percentile if method == "percentile" else None, num,
+                                   str(Path(images).resolve()))
+    model_fingerprint = fingerprint(model, layers)
+    if not force and Path(out_path).is_file():
+        cached = load_cache(out_path)
+        if cached.settings == settings and cached.fingerprint == model_fingerprint:
+            return cached.scales
+    batch, size = input_shape(model)
+    files = pick(list_images(images), num)
+    if len(files) < batch:
+        raise UserError(f"{len(files)} calibration image(s) in {images} are fewer than the model's batch of {batch}")
+    feeds = _feeds(files, model.graph.input[0].name, batch, size)
+    amax = collect_amax(onnx_path, sorted({layer.activation for layer in layers}), feeds, method, percentile)
+    cache = CalibrationCache(settings, model_fingerprint, amax)
+    save_cache(cache, out_path)
+    return cache.scales

@@ -1,0 +1,51 @@
+"""Calibration images: a plain folder of images or an ImageFolder tree, preprocessed like evaluation.
+
+From an ImageFolder tree (DIR/train/<class>/..., DIR/val/<class>/...) only train/ is used, so that
+calibration never sees the images accuracy is measured on. The `num` images are a seeded random
+pick over the sorted file list (every class is represented, the choice is reproducible), decoded and
+cropped with the same eval transform the re-training pipeline evaluates with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from rmeeto_export.data.folder import IMAGE_SUFFIXES, scan_image_folder
+from rmeeto_export.data.transforms import eval_transform
+from rmeeto_export.errors import UserError
+
+PICK_SEED = 0
+
+
+def list_images(root: str) -> list[str]:
+    """Image files under `root` (train/ of an ImageFolder tree), sorted."""
+    path = Path(root)
+    if not path.is_dir():
+        raise UserError(f"calibration data folder not found: {root}")
+    if (path / "train").is_dir() and (path / "val").is_dir():
+        return sorted(image for image, _ in scan_image_folder(root).train)
+    images = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise UserError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return images
+
+
+def pick(images: list[str], num: int) -> list[str]:
+    """`num` of `images` (all of them if there are fewer), seeded, in a fixed order."""
+    if num < 1:
+        raise UserError(f"the number of calibration images must be positive, got {num}")
+    order = np.random.default_rng(PICK_SEED).permutation(len(images))[:num]
+    return [images[i] for i in sorted(order)]
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+    """One preprocessed image, float32 (3, size, size)."""
+    try:
+        with Image.open(path) as file:
+            return eval_transform(file.convert("RGB"), size)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"unreadable calibration image {path}: {reason}") from None

@@ -1,0 +1,97 @@
+"""Which nodes of an exported Vim graph get INT8: the linear layers, found by their weight shapes.
+
+Only main-graph MatMul/Gemm nodes whose weight is a constant 2-D float initializer qualify, and only
+when that weight has the shape of one of Vim's linear layers (in_proj, x_proj, dt_proj, out_proj,
+head; DESIGN.md section 2), with the embedding width read from the patch-embedding Conv. This holds
+for both exports: in the plugin graph the scan and the merge are custom nodes whose bodies live in
+functions (never walked); in the portable graph their inlined MatMuls multiply computed or
+batch-shaped operands, not a 2-D weight, and the scan's own MatMuls sit inside its Scan body. Node
+names are not used: the exporter does not name dt_proj (it is a bare `dt @ weight.t()`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import onnx
+
+from rmeeto_export.errors import UserError
+
+ROLES = ("in_proj", "x_proj", "dt_proj", "out_proj", "head")
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT})
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    """One quantised layer: its activation input is quantised per tensor, its weight per channel."""
+
+    node: str
+    op_type: str
+    role: str
+    activation: str
+    weight: str
+    channel_axis: int  # the weight's output-channel axis as stored (MatMul (K, N): 1; Gemm transB: 0)
+
+
+def embed_dim(model: onnx.ModelProto) -> int:
+    """Vim's width D: output channels of the patch-embedding Conv, the Conv that reads the images."""
+    graph_inputs = {value.name for value in model.graph.input}
+    initializers = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.input[0] in graph_inputs and node.input[1] in initializers:
+            return int(initializers[node.input[1]].dims[0])
+    raise UserError("the ONNX model has no patch-embedding Conv on its input: it is not a Vim exported by rmeeto-export")
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _weight_as_used(node: onnx.NodeProto, weight: onnx.TensorProto) -> Optional[tuple[int, int, int]]:
+    """(K, N, output-channel axis) of y = x @ W for a 2-D weight; None where the node is not such a layer."""
+    if len(weight.dims) != 2 or weight.data_type not in _FLOAT_TYPES:
+        return None
+    rows, cols = int(weight.dims[0]), int(weight.dims[1])
+    if node.op_type == "MatMul":
+        return rows, cols, 1
+    if _attribute(node, "transA", 0):
+        return None
+    return (cols, rows, 0) if _attribute(node, "transB", 0) else (rows, cols, 1)
+
+
+def _role(op_type: str, k: int, n: int, width: int, is_graph_output: bool) -> Optional[str]:
+    d_inner, dt_rank = 2 * width, math.ceil(width / 16)  # Vim: expand 2, dt_rank = ceil(D / 16)
+    if k == width and (op_type == "Gemm" or is_graph_output):
+        return "head"
+    if (k, n) == (width, 2 * d_inner):
+        return "in_proj"
+    if (k, n) == (d_inner, width):
+        return "out_proj"
+    if k == d_inner:
+        return "x_proj"  # (d_inner, dt_rank + 2 * d_state)
+    if (k, n) == (dt_rank, d_inner):
+        return "dt_proj"
+    return None
+
+
+def linear_layers(model: onnx.ModelProto) -> list[LinearLayer]:
+    """The graph's quantisable linear layers, in graph order."""
+    width = embed_dim(model)
+    initializers = {init.name: init for init in model.graph.initializer}
+    graph_outputs = {value.name for value in model.graph.output}
+    layers = []
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or node.input[0] in initializers or node.input[1] not in initializers:
+            continue
+        used = _weight_as_used(node, initializers[node.input[1]])
+        if used is None:
+            continue
+        k, n, axis = used
+        role = _role(node.op_type, k, n, width, node.output[0] in graph_outputs)
+        if role is not None:
+            layers.append(LinearLayer(node.name, node.op_type, role, node.input[0], node.input[1], axis))
+    if not layers:
+        raise UserError("found no linear layers to quantise in the ONNX model: is it an fp32 Vim export?")
+    return layers

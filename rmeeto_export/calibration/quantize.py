@@ -1,0 +1,88 @@
+"""fp32 ONNX + calibration cache -> explicit Q/DQ INT8 ONNX that TensorRT 10 (strongly typed) and 11 build.
+
+Placement: a QuantizeLinear/DequantizeLinear pair on the activation input of every linear layer
+(per-tensor scale from the cache) and a DequantizeLinear on its int8 weight (per-channel scales
+along the output-channel axis). Everything else stays as exported: the scan, the merge (custom nodes
+with their function bodies, or their inlined ops), norms, convolutions and the fp32 residual stream.
+Outputs of the linear layers are not quantised: their consumers (conv, scan, residual add) run in
+float, so a Q/DQ there would only add rounding. All zero points are 0 (symmetric), as TensorRT
+requires.
+
+Insertion is ONNX Runtime's QDQQuantizer with an explicit node list: it keeps the local functions
+and handles MatMul/Gemm weight axes, and our cache supplies the activation scales exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import QDQQuantizer, QuantType
+from onnxruntime.quantization.calibrate import TensorData, TensorsData, CalibrationMethod
+
+from rmeeto_export.calibration.cache import CalibrationCache, fingerprint, load_cache
+from rmeeto_export.calibration.collect import quiet_onnxruntime
+from rmeeto_export.calibration.layers import LinearLayer, linear_layers
+from rmeeto_export.errors import UserError
+from rmeeto_export.files import write_bytes_atomic
+
+PathLike = Union[str, Path]
+
+
+def _quantizer_options(cache: CalibrationCache, layers: list[LinearLayer]) -> dict:
+    activations = {layer.activation for layer in layers}
+    return {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # MatMul weights are (K, N): channels on axis 1
+        "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+        "QuantizeBias": False,  # the head's bias stays fp32: TensorRT fuses it, an int32 bias DQ it may not
+        "TensorQuantOverrides": {
+            name: [{"scale": np.array(cache.scales[name], np.float32), "zero_point": np.array(0, np.int8)}]
+            for name in sorted(activations)
+        },
+    }
+
+
+def check_cache_fits(cache: CalibrationCache, model: onnx.ModelProto, layers: list[LinearLayer]) -> None:
+    if cache.fingerprint != fingerprint(model, layers):
+        raise UserError("the calibration cache was made for other weights or another graph; calibrate this model again")
+    missing = sorted({layer.activation for layer in layers} - set(cache.amax))
+    if missing:
+        raise UserError(f"the calibration cache has no range for {len(missing)} tensor(s), e.g. {missing[0]}; calibrate again")
+
+
+def quantize_model(model: onnx.ModelProto, cache: CalibrationCache) -> onnx.ModelProto:
+    """The INT8 Q/DQ version of the fp32 `model` (in memory)."""
+    layers = linear_layers(model)
+    check_cache_fits(cache, model, layers)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranges = TensorsData(CalibrationMethod.MinMax, {
+        name: TensorData(lowest=np.float32(-cache.amax[name]), highest=np.float32(cache.amax[name]))
+        for name in {layer.activation for layer in layers}
+    })
+    with quiet_onnxruntime():
+        quantizer = QDQQuantizer(
+            inferred,
+            True,  # per_channel
+            False,  # reduce_range: a CPU (non-VNNI) workaround, not for TensorRT
+            QuantType.QInt8,
+            QuantType.QInt8,
+            ranges,
+            [layer.node for layer in layers],
+            [],
+            ["MatMul", "Gemm"],
+            _quantizer_options(cache, layers),
+        )
+        quantizer.quantize_model()
+    return quantizer.model.model
+
+
+def quantize(onnx_path: PathLike, cache_path: PathLike, out_path: PathLike) -> Path:
+    """Write the INT8 Q/DQ graph of the fp32 `onnx_path` with the scales of `cache_path` to `out_path` (atomically)."""
+    if not Path(onnx_path).is_file():
+        raise UserError(f"ONNX model not found: {onnx_path}")
+    quantized = quantize_model(onnx.load(str(onnx_path)), load_cache(cache_path))
+    return write_bytes_atomic(out_path, quantized.SerializeToString())
