@@ -1,0 +1,24 @@
+"""`rmeeto-export calibrate`: INT8 calibration and Q/DQ graphs for a build folder (the lead adds it to `main`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from rmeeto_export.calibration.collect import DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, METHODS
+from rmeeto_export.calibration.folder import CACHE_NAME, quantize_build_folder
+
+
+@click.command("calibrate")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="build folder holding model.onnx / model.portable.onnx (fp32) from `build`")
+@click.option("--data", required=True, help="calibration images: a folder of images or an ImageFolder tree (its train/)")
+@click.option("--num", default=DEFAULT_NUM_IMAGES, show_default=True, help="number of calibration images")
+@click.option("--method", default=DEFAULT_METHOD, show_default=True, help=f"range method: {', '.join(METHODS)}")
+@click.option("--percentile", default=DEFAULT_PERCENTILE, show_default=True, help="for --method percentile")
+@click.option("--recalibrate", is_flag=True, help=f"ignore an existing {CACHE_NAME} made with the same settings")
+def calibrate_command(out_dir: Path, data: str, num: int, method: str, percentile: float, recalibrate: bool) -> None:
+    """Calibrate INT8 activation ranges on DATA and write the Q/DQ INT8 twins of the graphs in OUT."""
+    written = quantize_build_folder(out_dir, data, num, method, percentile=percentile, force=recalibrate)
+    click.echo(f"{out_dir / CACHE_NAME}: {method} scales; wrote {', '.join(str(path) for path in written)}")

@@ -1,0 +1,74 @@
+"""INT8 graph vs the fp32 PyTorch model: top-1 agreement and logit error, with INT8's own tolerance.
+
+Why INT8 gets its own criteria rather than the fp16 ones: every linear layer's input is rounded to
+255 levels of its calibrated range (a relative step of 1/127 of the range, against fp16's 2^-11 per
+value) and its weights to 255 levels per channel; with percentile or entropy calibration the rare
+largest activations are clipped on purpose. These errors enter 5 linear layers per block (6 with
+the second direction's x_proj/dt_proj) in every block and pass through the scan's exp(), so logits
+move by a few percent of their scale, and images whose top-2 logits are that close can swap. The
+criteria therefore judge the ranking over a set of images and the direction of the logit vectors:
+- top-1 agreement >= 0.95 (the deployment question: does the INT8 engine classify like the model?);
+- mean cosine similarity of the logit vectors >= 0.99 (a wrong scale, a quantised scan or a
+  missing Q/DQ pairing moves logits by tens of percent and drops it far below);
+- mean |int8 - fp32| <= 0.1 of the logit scale (the largest |fp32 logit|), reported with max_rel.
+Measured on the digits benchmark (benchmarks/int8_accuracy.py) the figures sit well inside these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from rmeeto_export.errors import UserError
+from rmeeto_export.export.parity import run_onnx, torch_logits
+
+
+@dataclass(frozen=True)
+class Int8Tolerance:
+    min_top1_agreement: float = 0.95
+    min_mean_cosine: float = 0.99
+    max_mean_rel: float = 0.1
+
+
+@dataclass(frozen=True)
+class Int8Parity:
+    images: int
+    provider: str
+    top1_agreement: float
+    mean_cosine: float
+    mean_rel: float  # mean |int8 - fp32| over all logits / max |fp32 logit|
+    max_rel: float  # max |int8 - fp32| / max |fp32 logit|
+    tolerance: Int8Tolerance
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def compare_int8_logits(actual: np.ndarray, expected: np.ndarray, provider: str,
+                        tolerance: Int8Tolerance = Int8Tolerance()) -> Int8Parity:
+    tiny = np.finfo(np.float64).tiny
+    scale = max(float(np.abs(expected).max()), tiny)
+    error = np.abs(actual - expected)
+    norms = np.maximum(np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1), tiny)
+    cosine = float(np.mean(np.sum(actual * expected, axis=1) / norms))
+    agreement = float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1)))
+    mean_rel, max_rel = float(error.mean()) / scale, float(error.max()) / scale
+    passed = (agreement >= tolerance.min_top1_agreement and cosine >= tolerance.min_mean_cosine
+              and mean_rel <= tolerance.max_mean_rel)
+    return Int8Parity(len(expected), provider, agreement, cosine, mean_rel, max_rel, tolerance, passed)
+
+
+def check_int8_parity(model: nn.Module, int8_onnx: Union[str, os.PathLike], images: torch.Tensor,
+                      tolerance: Int8Tolerance = Int8Tolerance()) -> Int8Parity:
+    """Run the INT8 Q/DQ graph in ONNX Runtime and the fp32 PyTorch `model` on `images`; compare."""
+    if not os.path.isfile(int8_onnx):
+        raise UserError(f"INT8 ONNX model not found: {os.fspath(int8_onnx)}")
+    actual, provider = run_onnx(int8_onnx, images.float().cpu().numpy())
+    return compare_int8_logits(actual, torch_logits(model, images), provider, tolerance)
