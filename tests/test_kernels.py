@@ -195,13 +195,15 @@ SCAN_CASES = [
 ]
 
 
-def _scan_inputs(batch, dim, dstate, length, optional, dtype, seed):
+def _scan_inputs(batch, dim, dstate, length, optional, dtype, seed, softplus=True):
     g = torch.Generator(device="cuda").manual_seed(seed)
     randn = lambda *shape: torch.randn(*shape, generator=g, device="cuda")  # noqa: E731
     act = lambda t: t.to(dtype)  # noqa: E731
+    # Without softplus, delta itself is the step: keep it positive, or exp(dt * A) > 1 and the states explode.
+    delta = 0.5 * randn(batch, dim, length) if softplus else 0.1 + 0.4 * randn(batch, dim, length).sigmoid()
     inputs = dict(
         u=act(randn(batch, dim, length)),
-        delta=act(0.5 * randn(batch, dim, length)),
+        delta=act(delta),
         A=-torch.exp(0.5 * randn(dim, dstate)),  # Vim's A = -exp(A_log): decaying states
         B=act(randn(batch, dstate, length)),
         C=act(randn(batch, dstate, length)),
@@ -225,7 +227,7 @@ def test_selective_scan_matches_reference(gpu_kernels, case, dtype):
     from rmeeto_export.models.ops import selective_scan_reference
 
     batch, dim, dstate, length, reverse, softplus, optional = case
-    inputs = _scan_inputs(batch, dim, dstate, length, optional, dtype, seed=batch * 1000 + length)
+    inputs = _scan_inputs(batch, dim, dstate, length, optional, dtype, seed=batch * 1000 + length, softplus=softplus)
     expected = selective_scan_reference(**inputs, delta_softplus=softplus, reverse=reverse)
     actual = gpu_kernels.selective_scan(**inputs, delta_softplus=softplus, reverse=reverse)
     assert actual.dtype == dtype and actual.shape == inputs["u"].shape
