@@ -96,13 +96,17 @@ bool SelectiveScanPlugin::supportsFormatCombination(
     {
         return false;
     }
+    if (pos >= nbInputs)
+    {
+        return desc.type == inOut[kU].desc.type; // y, whose index depends on how many inputs there are
+    }
     switch (pos)
     {
     case kU: return kernelDtype(desc.type).has_value();
     case kA:
     case kD:
     case kDeltaBias: return desc.type == nvinfer1::DataType::kFLOAT; // parameters and state stay fp32
-    default: return desc.type == inOut[kU].desc.type; // delta, B, C, z and y share u's type
+    default: return desc.type == inOut[kU].desc.type; // delta, B, C and z share u's type
     }
 }
 

@@ -174,6 +174,16 @@ void checkSelectiveScanBuild()
     io[0].desc.format = nvinfer1::TensorFormat::kCHW32;
     check(!b.supportsFormatCombination(0, io.data(), 8, 1), "non-linear formats are rejected");
 
+    std::vector<DataType> const fiveInputs{DataType::kBF16, DataType::kBF16, DataType::kFLOAT, DataType::kBF16,
+        DataType::kBF16, DataType::kBF16};
+    auto withoutOptional = descs(fiveInputs, {shapes[0], shapes[1], shapes[2], shapes[3], shapes[4], shapes[0]});
+    bool fiveAccepted = true;
+    for (int32_t pos = 0; pos < 6; ++pos)
+    {
+        fiveAccepted = fiveAccepted && b.supportsFormatCombination(pos, withoutOptional.data(), 5, 1);
+    }
+    check(fiveAccepted, "5 inputs (no D, z, delta_bias): bf16 y at position 5 is accepted");
+
     auto ok = descs(types, shapes);
     check(b.configurePlugin(ok.data(), 8, ok.data() + 8, 1) == 0, "configure with d_state 16");
     shapes[SelectiveScanPlugin::kB][1] = 12;
