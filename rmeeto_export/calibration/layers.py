@@ -78,8 +78,10 @@ def _role(op_type: str, k: int, n: int, width: int, is_graph_output: bool) -> Op
 
 def linear_layers(model: onnx.ModelProto) -> list[LinearLayer]:
     """The graph's quantisable linear layers, in graph order."""
-    width = embed_dim(model)
     initializers = {init.name: init for init in model.graph.initializer}
+    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in initializers.values()):
+        raise UserError("the ONNX model has fp16 weights: INT8 quantisation starts from the fp32 export")
+    width = embed_dim(model)
     graph_outputs = {value.name for value in model.graph.output}
     layers = []
     for node in model.graph.node:
@@ -93,5 +95,5 @@ def linear_layers(model: onnx.ModelProto) -> list[LinearLayer]:
         if role is not None:
             layers.append(LinearLayer(node.name, node.op_type, role, node.input[0], node.input[1], axis))
     if not layers:
-        raise UserError("found no linear layers to quantise in the ONNX model: is it an fp32 Vim export?")
+        raise UserError("found no linear layers to quantise in the ONNX model: is it a Vim exported by rmeeto-export?")
     return layers

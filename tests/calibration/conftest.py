@@ -1,0 +1,65 @@
+"""Shared fixtures: the tiny merged Vim (17 tokens, r=2 at block 2), its two fp32 exports, a folder of
+random calibration images, a calibration cache and the INT8 graphs. Built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from rmeeto_export.calibration import calibrate, quantize
+from rmeeto_export.export import export_onnx
+from rmeeto_export.models import create_model
+
+TINY = dict(embed_dim=32, depth=4, img_size=32, patch_size=8, num_classes=10, merge_r=2)
+NUM_IMAGES = 12
+
+
+def write_random_images(folder: Path, count: int, seed: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    torch.manual_seed(0)
+    return create_model("vim_t", **TINY).eval()
+
+
+@pytest.fixture(scope="session")
+def fp32_graphs(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """{"plugin": custom nodes + function bodies, "portable": functions inlined}, fp32, batch 1."""
+    folder = tmp_path_factory.mktemp("fp32")
+    return {
+        "plugin": export_onnx(tiny_model, folder / "model.onnx"),
+        "portable": export_onnx(tiny_model, folder / "model.portable.onnx", portable=True),
+    }
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    return write_random_images(tmp_path_factory.mktemp("calibration-images"), NUM_IMAGES, seed=1)
+
+
+@pytest.fixture(scope="session")
+def cache_path(fp32_graphs, image_folder, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cache") / "calibration.json"
+    calibrate(fp32_graphs["plugin"], path, str(image_folder), NUM_IMAGES, "percentile")
+    return path
+
+
+@pytest.fixture(scope="session")
+def int8_graphs(fp32_graphs, cache_path, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("int8")
+    return {kind: quantize(path, cache_path, folder / f"{kind}.int8.onnx") for kind, path in fp32_graphs.items()}
+
+
+def load(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path))

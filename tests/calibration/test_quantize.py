@@ -1,0 +1,136 @@
+"""The INT8 Q/DQ graphs: where Q/DQ sit, per-channel weight scales, the cache's activation scales, ORT runs."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import load, write_random_images
+from onnx import numpy_helper
+
+from rmeeto_export.calibration import calibrate, linear_layers, load_cache, quantize
+from rmeeto_export.calibration.parity import check_int8_parity
+from rmeeto_export.errors import UserError
+from rmeeto_export.export import export_onnx
+from rmeeto_export.models import create_model
+
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+KINDS = ["plugin", "portable"]
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
+def subgraphs(graph: onnx.GraphProto):
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield attribute.g
+                yield from subgraphs(attribute.g)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dequantized_tensors_feed_only_the_linear_layers(fp32_graphs, int8_graphs, kind):
+    """Scan, merge, norms, convs and the residual stream see no Q/DQ: every DQ output goes to a linear layer."""
+    model = load(int8_graphs[kind])
+    linear_nodes = {layer.node for layer in linear_layers(load(fp32_graphs[kind]))}
+    users = consumers(model.graph)
+    dequantized = [node.output[0] for node in model.graph.node if node.op_type == "DequantizeLinear"]
+    assert dequantized
+    for name in dequantized:
+        assert {node.name for node in users[name]} <= linear_nodes, name
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            assert [user.op_type for user in users[node.output[0]]] == ["DequantizeLinear"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_custom_op_bodies_and_scan_bodies_stay_float(int8_graphs, kind):
+    model = load(int8_graphs[kind])
+    inner = [node for function in model.functions for node in function.node]
+    inner += [node for graph in subgraphs(model.graph) for node in graph.node]
+    assert inner  # function bodies (plugin graph) or Scan bodies (portable graph) exist
+    assert not [node.name for node in inner if node.op_type in QDQ]
+    if kind == "plugin":
+        assert {f.name for f in model.functions} == {"SelectiveScan", "TokenMerge"}
+        custom = [node for node in model.graph.node if node.domain == "rmeeto"]
+        producers = {out: node for node in model.graph.node for out in node.output}
+        for node in custom:
+            assert not [name for name in node.input if name in producers and producers[name].op_type in QDQ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_weights_are_int8_with_per_channel_scales_on_the_output_axis(fp32_graphs, int8_graphs, kind):
+    layers = linear_layers(load(fp32_graphs[kind]))
+    fp32_weights = {init.name: numpy_helper.to_array(init) for init in load(fp32_graphs[kind]).graph.initializer}
+    model = load(int8_graphs[kind])
+    inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    weight_dq = {node.input[0]: node for node in model.graph.node
+                 if node.op_type == "DequantizeLinear" and node.input[0] in inits and inits[node.input[0]].ndim == 2}
+    assert len(weight_dq) == len(layers)
+    by_weight = {layer.weight: layer for layer in layers}
+    for name, node in weight_dq.items():
+        layer = next(l for w, l in by_weight.items() if name.startswith(w))
+        weight, scale, zero = (inits[node.input[i]] for i in range(3))
+        axis = onnx.helper.get_attribute_value(node.attribute[0])
+        assert weight.dtype == np.int8 and axis == layer.channel_axis
+        assert scale.shape == (weight.shape[axis],) and zero.shape == scale.shape and not zero.any()
+        # Symmetric per-channel: each channel's largest |w| maps to the top of the int8 range.
+        restored = weight.astype(np.float32) * np.expand_dims(scale, 1 - axis)
+        original = fp32_weights[layer.weight]
+        assert np.all(np.abs(restored - original) <= np.expand_dims(scale, 1 - axis) / 2 * (1 + 1e-6))
+
+
+def test_activation_scales_are_the_cached_ones_per_tensor(int8_graphs, cache_path):
+    cache = load_cache(cache_path)
+    model = load(int8_graphs["plugin"])
+    inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    quantized = {node.input[0]: node for node in model.graph.node if node.op_type == "QuantizeLinear"}
+    assert set(quantized) == set(cache.amax)
+    for name, node in quantized.items():
+        scale, zero = inits[node.input[1]], inits[node.input[2]]
+        assert scale.shape == () and zero.shape == () and zero == 0 and zero.dtype == np.int8
+        assert scale == np.float32(cache.scales[name])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_int8_graph_runs_in_onnxruntime_close_to_pytorch(tiny_model, int8_graphs, image_folder, kind):
+    from rmeeto_export.calibration.images import list_images, load_image
+
+    images = torch.from_numpy(np.stack([load_image(path, 32) for path in list_images(str(image_folder))]))
+    session = ort.InferenceSession(str(int8_graphs[kind]), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"images": images[:1].numpy()})[0].shape == (1, 10)
+    parity = check_int8_parity(tiny_model, int8_graphs[kind], images)
+    assert parity.passed, parity
+    assert parity.max_rel > 0  # it really is quantised (an fp32 graph would be exact to ~1e-7)
+
+
+def test_cache_of_other_weights_is_refused(cache_path, tmp_path):
+    torch.manual_seed(1)
+    other = export_onnx(create_model("vim_t", **__import__("conftest").TINY).eval(), tmp_path / "other.onnx")
+    with pytest.raises(UserError, match="other weights"):
+        quantize(other, cache_path, tmp_path / "other.int8.onnx")
+    assert not (tmp_path / "other.int8.onnx").exists()
+
+
+def test_missing_model_is_a_user_error(cache_path, tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        quantize(tmp_path / "none.onnx", cache_path, tmp_path / "out.onnx")
+
+
+def test_ranges_are_computed_by_each_method(fp32_graphs, tmp_path):
+    folder = write_random_images(tmp_path / "images", 6, seed=2)
+    amax = {}
+    for method in ("max", "percentile", "entropy"):
+        calibrate(fp32_graphs["plugin"], tmp_path / f"{method}.json", str(folder), 6, method)
+        amax[method] = load_cache(tmp_path / f"{method}.json").amax
+    assert amax["max"].keys() == amax["percentile"].keys() == amax["entropy"].keys()
+    for name, largest in amax["max"].items():
+        assert 0 < amax["percentile"][name] <= largest * (1 + 1e-6)  # a percentile never exceeds the maximum
+        assert 0 < amax["entropy"][name] <= largest * (1 + 1e-6)
+    assert amax["entropy"] != amax["max"]  # KL thresholds clip somewhere
