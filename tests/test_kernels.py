@@ -8,10 +8,13 @@ errors are one-line UserErrors. With a GPU: each kernel against its PyTorch refe
 from __future__ import annotations
 
 import ctypes
+import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,6 +90,37 @@ def test_plugin_glue_compiles_and_passes_cpu_check(tmp_path, version):
     check = subprocess.run([str(tmp_path / "rmeeto_plugin_glue_check")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     assert check.stdout.strip().endswith("0 failed")
+
+
+@pytest.mark.slow
+@pytest.mark.trt
+@needs_toolchain
+def test_plugin_library_builds_a_tensorrt_rtx_engine(tmp_path):
+    """Links librmeeto_trt_plugins.so against TensorRT-RTX (whose plugin ABI is TensorRT 11's) and builds an
+    engine, ahead of time and without a GPU, from ONNX with a TokenMerge and two SelectiveScan nodes (8 and
+    5 inputs; fp16, fp32 and bf16 tensors): loading, parser attributes, shapes, formats, serialisation."""
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
+    headers = TRT_HEADER_ROOTS / "v11.1" / "include"
+    if not (headers / "NvInferRuntime.h").is_file():
+        pytest.skip(f"TensorRT 11 headers not at {headers} (set RMEETO_TRT_HEADERS_ROOT)")
+    rtx_libs = Path(importlib.util.find_spec("tensorrt_rtx_libs").submodule_search_locations[0])
+    if not (rtx_libs / "libtensorrt_rtx.so").exists():
+        pytest.skip(f"the parser dlopens {rtx_libs}/libtensorrt_rtx.so, which the wheel lacks: symlink it to .so.1")
+    _cmake_build(
+        tmp_path, f"-DTENSORRT_INCLUDE_DIR={headers}", f"-DTENSORRT_NVINFER_LIBRARY={rtx_libs / 'libtensorrt_rtx.so.1'}",
+        "-DRMEETO_CUDA_ARCHS=75-real", target="rmeeto_trt_plugins",
+    )  # fmt: skip
+    script = PLUGINS_DIR / "tests" / "build_rtx_engine.py"
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "librmeeto_trt_plugins.so")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["creators"] == [["SelectiveScan", "1"], ["TokenMerge", "1"]]
+    assert report["outputs"]["hidden_out"] == {"shape": [2, 186, 384], "dtype": "HALF"}  # 197 - r tokens
+    assert report["outputs"]["size_out"] == {"shape": [2, 186, 1], "dtype": "FLOAT"}
+    assert report["outputs"]["y2"] == {"shape": [2, 64, 197], "dtype": "BF16"}
+    assert report["engine_bytes"] > 0
 
 
 @pytest.mark.slow
