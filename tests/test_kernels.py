@@ -96,9 +96,10 @@ def test_plugin_glue_compiles_and_passes_cpu_check(tmp_path, version):
 @pytest.mark.trt
 @needs_toolchain
 def test_plugin_library_builds_a_tensorrt_rtx_engine(tmp_path):
-    """Links librmeeto_trt_plugins.so against TensorRT-RTX (whose plugin ABI is TensorRT 11's) and builds an
-    engine, ahead of time and without a GPU, from ONNX with a TokenMerge and two SelectiveScan nodes (8 and
-    5 inputs; fp16, fp32 and bf16 tensors): loading, parser attributes, shapes, formats, serialisation."""
+    """Links librmeeto_trt_plugins.so against TensorRT-RTX (whose plugin ABI is TensorRT 11's), registers it by
+    dlopen and then by load_library, and builds an engine, ahead of time and without a GPU, from ONNX with a
+    TokenMerge and two SelectiveScan nodes (8 and 5 inputs; fp16, fp32, bf16): parser attributes, shapes,
+    formats, serialisation."""
     pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
     headers = TRT_HEADER_ROOTS / "v11.1" / "include"
     if not (headers / "NvInferRuntime.h").is_file():
@@ -116,7 +117,8 @@ def test_plugin_library_builds_a_tensorrt_rtx_engine(tmp_path):
     )
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
-    assert report["creators"] == [["SelectiveScan", "1"], ["TokenMerge", "1"]]
+    assert report["static_creators"] == [["SelectiveScan", "1"], ["TokenMerge", "1"]]  # dlopen alone registers
+    assert report["loaded"] and report["creators"] == report["static_creators"]  # load_library on top: no duplicates
     assert report["outputs"]["hidden_out"] == {"shape": [2, 186, 384], "dtype": "HALF"}  # 197 - r tokens
     assert report["outputs"]["size_out"] == {"shape": [2, 186, 1], "dtype": "FLOAT"}
     assert report["outputs"]["y2"] == {"shape": [2, 64, 197], "dtype": "BF16"}

@@ -2,14 +2,15 @@
 
     python plugins_trt/tests/build_rtx_engine.py build/plugins_trt/librmeeto_trt_plugins.so
 
-Exercises the plugin glue inside a real TensorRT builder: library loading through getCreators,
-attribute passing by the ONNX parser, output shapes through the expression builder, type and format
+Exercises the plugin glue inside a real TensorRT builder: static registration on a plain dlopen,
+then loading through getCreators on top of it (no duplicate creators), attribute passing by the ONNX parser, output shapes through the expression builder, type and format
 negotiation, workspace sizing and serialisation. Prints one JSON object; exits 1 if the build fails.
 Run it in its own process: a plugin library built against headers of another TensorRT ABI crashes it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 
@@ -61,8 +62,13 @@ def model_bytes() -> bytes:
 def main(library: str) -> int:
     logger = trt.Logger(trt.Logger.WARNING)
     registry = trt.get_plugin_registry()
-    loaded = registry.load_library(library) is not None
-    creators = sorted((c.name, c.plugin_version) for c in registry.all_creators if c.plugin_namespace == "rmeeto")
+
+    def ours() -> list[tuple[str, str]]:
+        return sorted((c.name, c.plugin_version) for c in registry.all_creators if c.plugin_namespace == "rmeeto")
+
+    ctypes.CDLL(library)  # what polygraphy --plugins does: the static initialiser must register the creators
+    static_creators = ours()
+    loaded = registry.load_library(library) is not None  # then trtexec --dynamicPlugins' way, on top
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -73,8 +79,9 @@ def main(library: str) -> int:
         outputs[tensor.name] = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).split(".")[-1]}
     engine = builder.build_serialized_network(network, builder.create_builder_config()) if parsed else None
     report = {
+        "static_creators": static_creators,
         "loaded": loaded,
-        "creators": creators,
+        "creators": ours(),
         "parse_errors": [parser.get_error(i).desc() for i in range(parser.num_errors)],
         "outputs": outputs,
         "engine_bytes": 0 if engine is None else engine.nbytes,
