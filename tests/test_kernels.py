@@ -169,6 +169,16 @@ def test_missing_library_is_a_user_error(monkeypatch, tmp_path):
         kernels.load_library.cache_clear()
 
 
+def test_registering_the_cuda_kernels_needs_the_library(monkeypatch, tmp_path):
+    monkeypatch.setenv(kernels.LIBRARY_ENV_VAR, str(tmp_path / "nowhere.so"))
+    kernels.load_library.cache_clear()
+    try:
+        with pytest.raises(UserError, match="not found"):  # never a silent fallback to the reference
+            kernels.register_cuda_kernels()
+    finally:
+        kernels.load_library.cache_clear()
+
+
 def test_cpu_tensors_are_a_user_error():
     u = torch.zeros(1, 4, 5)
     with pytest.raises(UserError, match="CUDA tensors"):
