@@ -14,7 +14,7 @@ not by relying on ArgMax/TopK tie rules that TensorRT does not promise.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import onnx
 from onnx import AttributeProto, FunctionProto, TensorProto, helper
@@ -269,8 +269,3 @@ def token_merge_function() -> FunctionProto:
 
 def custom_functions() -> list[FunctionProto]:
     return [selective_scan_function(), token_merge_function()]
-
-
-def custom_node_attributes(**op_attributes: Optional[int]) -> dict[str, Any]:
-    """Attributes of a custom node: the op's ints plus the plugin lookup strings TensorRT uses."""
-    return {**op_attributes, "plugin_namespace": DOMAIN, "plugin_version": "1"}

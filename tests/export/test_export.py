@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -146,6 +151,19 @@ def test_export_is_byte_identical_across_runs(merged_model, tmp_path, portable):
     first = export_onnx(merged_model, tmp_path / "a" / "model.onnx", precision="fp16", portable=portable)
     second = export_onnx(merged_model, tmp_path / "b" / "model.onnx", precision="fp16", portable=portable)
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_export_is_byte_identical_in_a_fresh_process(tmp_path):
+    """No process-dependent names, addresses or hash orders end up in the file."""
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from conftest import small_model; from rmeeto_export.export import export_onnx;"
+        "export_onnx(small_model(), sys.argv[2], portable=True)"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path / "other.onnx")], env=env, check=True)
+    here = export_onnx(small_model(), tmp_path / "here.onnx", portable=True)
+    assert here.read_bytes() == (tmp_path / "other.onnx").read_bytes()
 
 
 def test_export_leaves_only_the_file_and_does_not_touch_the_model(merged_model, tmp_path):
