@@ -8,8 +8,14 @@ derived from input shapes, so the same body serves every block of every schedule
 
 Bodies follow the PyTorch references (models/ops.py selective_scan_reference, merge/rmeeto.py
 merge_tokens) step for step, with the math in fp32 whatever the activation dtype; outputs are cast back
-with CastLike. Ties in the merge break explicitly (lowest index wins) with comparisons and reductions,
-not by relying on ArgMax/TopK tie rules that TensorRT does not promise.
+with CastLike.
+
+Ties in the merge break as in the reference, lowest index first. The ONNX spec does promise that for
+ArgMax (select_last_index=0 returns the first maximum) and TopK (equal values: lower index first), but
+TensorRT's TopK layer, which both become, documents no order among equal values. So the body states
+the rule itself: the best destination is the lowest index whose score equals the row maximum
+(Equal + Where + ReduceMin), a source's rank counts higher scores plus equal scores at lower indices,
+and TopK only ever sorts unique integer keys (ascending, largest=0), where ties cannot occur.
 """
 
 from __future__ import annotations

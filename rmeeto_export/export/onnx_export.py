@@ -127,6 +127,8 @@ def build_onnx(model: nn.Module, *, batch: int = 1, precision: str = "fp32", por
     _check_batch(batch)
     check_precision(precision)
     cfg = model.cfg
+    if cfg.scan_backend == "mamba_ssm":  # it bypasses the rmeeto op, so the trace would have no scan node
+        raise UserError("export needs scan_backend 'auto' or 'reference' (mamba_ssm's kernels do not export)")
     example = torch.zeros(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
     graph = _ExportGraph(model_in_precision(model, precision), PRECISIONS[precision])
     exported = export_module(graph, (example,), [INPUT_NAME], [OUTPUT_NAME])

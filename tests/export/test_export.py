@@ -17,6 +17,7 @@ from rmeeto_export.export import check_graph, export_onnx
 from rmeeto_export.export.functions import DOMAIN, SELECTIVE_SCAN, TOKEN_MERGE
 from rmeeto_export.export.graph_checks import custom_op_counts, inferred
 from rmeeto_export.export.parity import run_onnx
+from rmeeto_export.models.vim import create_model
 
 from conftest import EXPORT_BATCH, SMALL, small_model
 
@@ -186,4 +187,11 @@ def test_export_leaves_only_the_file_and_does_not_touch_the_model(merged_model, 
 def test_bad_options_are_user_errors_and_write_nothing(merged_model, tmp_path, options, message):
     with pytest.raises(UserError, match=message):
         export_onnx(merged_model, tmp_path / "model.onnx", **options)
+    assert not any(tmp_path.iterdir())
+
+
+def test_mamba_ssm_scan_backend_is_refused(tmp_path):
+    model = create_model("vim_t", scan_backend="mamba_ssm", merge_r=2, **SMALL)
+    with pytest.raises(UserError, match="scan_backend"):
+        export_onnx(model, tmp_path / "model.onnx")
     assert not any(tmp_path.iterdir())
