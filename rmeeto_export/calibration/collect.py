@@ -7,7 +7,7 @@ bodies included. Methods:
 - "percentile" (default, 99.99): the |x| below which that percentage of all values fall, which
   ignores the rare outliers that would otherwise stretch the scale for every other value;
 - "entropy": the threshold minimising the KL divergence between the fp32 histogram and its int8
-  version (TensorRT's legacy entropy calibration; 2048 bins onto 128 levels).
+  version (as TensorRT's legacy entropy calibrator, with 512 histogram bins instead of its 2048).
 """
 
 from __future__ import annotations
@@ -35,8 +35,12 @@ DEFAULT_PERCENTILE = 99.99
 DEFAULT_NUM_IMAGES = 512
 _ORT_METHODS = {"max": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                 "entropy": CalibrationMethod.Entropy}
-_HISTOGRAM_BINS = 2048
-_ENTROPY_LEVELS = 128  # int8's positive levels
+_PERCENTILE_BINS = 2048  # resolution of the percentile: 1/2048 of the largest |x|
+# ONNX Runtime's KL search tries every threshold bin in a Python loop, for every tensor: 2048 bins
+# took about a second per tensor here (minutes for Vim-B); 512 bins is 7x faster, still 4 bins per
+# int8 level of the 128 positive levels it maps onto.
+_ENTROPY_BINS = 512
+_ENTROPY_LEVELS = 128
 # ONNX Runtime holds every added output of the batches of one collect call before reducing them;
 # collecting in groups of this many batches bounds that memory for large models and many images.
 # (Its own max_intermediate_outputs option is not used: in onnxruntime 1.31 MinMax drops the held
@@ -89,8 +93,8 @@ def _feeds(files: list[str], input_name: str, batch: int, size: int) -> Iterator
 def collect_amax(onnx_path: PathLike, tensors: list[str], feeds: Iterator[dict[str, np.ndarray]], method: str,
                  percentile: float) -> dict[str, float]:
     """Calibrated |x| range of each of `tensors` over all `feeds`."""
-    options = {"symmetric": True, "percentile": percentile, "num_bins": _HISTOGRAM_BINS,
-               "num_quantized_bins": _ENTROPY_LEVELS}
+    options = {"symmetric": True, "percentile": percentile, "num_quantized_bins": _ENTROPY_LEVELS,
+               "num_bins": _ENTROPY_BINS if method == "entropy" else _PERCENTILE_BINS}
     with tempfile.TemporaryDirectory(prefix="rmeeto-calibrate-") as work, quiet_onnxruntime():
         calibrator = create_calibrator(Path(onnx_path), ["MatMul", "Gemm"], str(Path(work) / "augmented.onnx"),
                                        _ORT_METHODS[method], extra_options=options)

@@ -19,8 +19,7 @@ from typing import Union
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import QDQQuantizer, QuantType
-from onnxruntime.quantization.calibrate import TensorData, TensorsData, CalibrationMethod
+from onnxruntime.quantization import CalibrationMethod, QDQQuantizer, QuantType, TensorData, TensorsData
 
 from rmeeto_export.calibration.cache import CalibrationCache, fingerprint, load_cache
 from rmeeto_export.calibration.collect import quiet_onnxruntime
