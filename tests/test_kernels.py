@@ -107,8 +107,8 @@ def test_plugin_library_builds_a_tensorrt_rtx_engine(tmp_path):
     rtx_libs = Path(importlib.util.find_spec("tensorrt_rtx_libs").submodule_search_locations[0])
     if not (rtx_libs / "libtensorrt_rtx.so").exists():
         pytest.skip(f"the parser dlopens {rtx_libs}/libtensorrt_rtx.so, which the wheel lacks: symlink it to .so.1")
-    _cmake_build(
-        tmp_path, f"-DTENSORRT_INCLUDE_DIR={headers}", f"-DTENSORRT_NVINFER_LIBRARY={rtx_libs / 'libtensorrt_rtx.so.1'}",
+    _cmake_build(  # RMEETO_TENSORRT_RTX finds libtensorrt_rtx in this interpreter's tensorrt_rtx_libs
+        tmp_path, "-DRMEETO_TENSORRT_RTX=ON", f"-DTENSORRT_ROOT={headers.parent}", f"-DPython3_EXECUTABLE={sys.executable}",
         "-DRMEETO_CUDA_ARCHS=75-real", target="rmeeto_trt_plugins",
     )  # fmt: skip
     script = PLUGINS_DIR / "tests" / "build_rtx_engine.py"
