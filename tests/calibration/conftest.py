@@ -3,28 +3,19 @@ random calibration images, a calibration cache and the INT8 graphs. Built once p
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 import torch
-from PIL import Image
 
-from rmeeto_export.calibration import calibrate, quantize
-from rmeeto_export.export import export_onnx
-from rmeeto_export.models import create_model
+sys.path.insert(0, str(Path(__file__).parent))  # calibration_helpers.py sits next to the tests
 
-TINY = dict(embed_dim=32, depth=4, img_size=32, patch_size=8, num_classes=10, merge_r=2)
-NUM_IMAGES = 12
+from calibration_helpers import NUM_IMAGES, TINY, write_random_images  # noqa: E402
 
-
-def write_random_images(folder: Path, count: int, seed: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for index in range(count):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{index}.png")
-    return folder
+from rmeeto_export.calibration import calibrate, quantize  # noqa: E402
+from rmeeto_export.export import export_onnx  # noqa: E402
+from rmeeto_export.models import create_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +50,3 @@ def cache_path(fp32_graphs, image_folder, tmp_path_factory) -> Path:
 def int8_graphs(fp32_graphs, cache_path, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("int8")
     return {kind: quantize(path, cache_path, folder / f"{kind}.int8.onnx") for kind, path in fp32_graphs.items()}
-
-
-def load(path: Path) -> onnx.ModelProto:
-    return onnx.load(str(path))

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import NUM_IMAGES, write_random_images
+from calibration_helpers import NUM_IMAGES, write_random_images
 
 from rmeeto_export.calibration import calibrate, load_cache
 from rmeeto_export.calibration.cache import INT8_MAX, CalibrationCache, save_cache

@@ -4,7 +4,7 @@ from collections import Counter
 
 import onnx
 import pytest
-from conftest import TINY, load
+from calibration_helpers import TINY, load
 
 from rmeeto_export.calibration import linear_layers
 from rmeeto_export.calibration.layers import embed_dim

@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import load, write_random_images
+from calibration_helpers import TINY, load, write_random_images
 from onnx import numpy_helper
 
 from rmeeto_export.calibration import calibrate, linear_layers, load_cache, quantize
@@ -112,7 +112,7 @@ def test_int8_graph_runs_in_onnxruntime_close_to_pytorch(tiny_model, int8_graphs
 
 def test_cache_of_other_weights_is_refused(cache_path, tmp_path):
     torch.manual_seed(1)
-    other = export_onnx(create_model("vim_t", **__import__("conftest").TINY).eval(), tmp_path / "other.onnx")
+    other = export_onnx(create_model("vim_t", **TINY).eval(), tmp_path / "other.onnx")
     with pytest.raises(UserError, match="other weights"):
         quantize(other, cache_path, tmp_path / "other.int8.onnx")
     assert not (tmp_path / "other.int8.onnx").exists()
