@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench plugins plugins-rtx bench-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,20 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_vim_cpu.py
+
+# CUDA kernels always; the TensorRT plugin library when TensorRT is found (TENSORRT_ROOT, JetPack, pip).
+plugins: $(STAMP)
+	cmake -S plugins_trt -B build/plugins_trt -DPython3_EXECUTABLE=$(abspath $(BIN)/python) $(if $(TENSORRT_ROOT),-DTENSORRT_ROOT=$(TENSORRT_ROOT))
+	cmake --build build/plugins_trt -j2
+
+# The plugin library for TensorRT-RTX (pip wheel), compiled against TensorRT 11 headers you provide.
+TRT_HEADERS_ROOT ?= /opt/trt-headers/v11.1
+plugins-rtx: $(STAMP)
+	cmake -S plugins_trt -B build/plugins_trt -DRMEETO_TENSORRT_RTX=ON -DTENSORRT_ROOT=$(TRT_HEADERS_ROOT) -DPython3_EXECUTABLE=$(abspath $(BIN)/python)
+	cmake --build build/plugins_trt -j2
+
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/bench_kernels_gpu.py
 
 clean:
 	rm -rf build out
