@@ -35,6 +35,7 @@ MERGE_INPUTS = ("hidden", "residual", "size")
 INT64_MAX = 2**63 - 1
 # F.normalize's floor on the norm, so an all-zero token scores 0 instead of NaN.
 NORMALIZE_EPS = 1e-12
+SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default
 
 
 class _BodyBuilder:
@@ -141,8 +142,10 @@ def selective_scan_function() -> FunctionProto:
     b = _BodyBuilder()
     u, delta, Bmat, Cmat, z = (b.to_float(name) for name in ("u", "delta", "B", "C", "z"))
     dt = b.op("Add", delta, b.unsqueeze("delta_bias", -1))
-    softplus = b.op("Cast", b.attribute_scalar("delta_softplus"), to=TensorProto.BOOL)
-    dt = b.op("Where", softplus, b.op("Softplus", dt), dt)
+    # torch's softplus returns x itself above 20; stating it keeps a backend's exp(x) from overflowing.
+    linear_above = b.op("Greater", dt, b.float_scalar(SOFTPLUS_THRESHOLD))
+    softplus = b.op("Where", linear_above, dt, b.op("Softplus", dt))
+    dt = b.op("Where", b.op("Cast", b.attribute_scalar("delta_softplus"), to=TensorProto.BOOL), softplus, dt)
 
     time = _time_flip_indices(b, "u")
     in_scan_order = lambda x: b.op("Gather", x, time, axis=2)  # noqa: E731

@@ -66,6 +66,8 @@ def scan_inputs(dtype: torch.dtype, softplus: bool, seed: int = 0):
     # Without softplus the raw delta is the step size: keep it positive, as softplus would.
     delta = randn(BATCH, CHANNELS, LENGTH) if softplus else torch.rand(BATCH, CHANNELS, LENGTH, generator=generator)
     activations = (randn(BATCH, CHANNELS, LENGTH), delta, randn(BATCH, STATES, LENGTH), randn(BATCH, STATES, LENGTH), randn(BATCH, CHANNELS, LENGTH))
+    if softplus:  # both sides of softplus's linear threshold (20) and a vanishing step
+        delta[0, 0, :3] = torch.tensor([25.0, 19.5, -30.0])
     A = -torch.rand(CHANNELS, STATES, generator=generator) * 2
     D, delta_bias = randn(CHANNELS), torch.rand(CHANNELS, generator=generator) * 0.5
     return tuple(t.to(dtype) for t in activations), A, D, delta_bias
