@@ -19,7 +19,7 @@ from rmeeto_export.export.graph_checks import custom_op_counts, inferred
 from rmeeto_export.export.parity import run_onnx
 from rmeeto_export.models.vim import create_model
 
-from conftest import EXPORT_BATCH, SMALL, small_model
+from export_test_models import EXPORT_BATCH, SMALL, small_model
 
 VARIANTS = [("fp32", False), ("fp32", True), ("fp16", False), ("fp16", True)]
 VARIANT_IDS = ["fp32-custom", "fp32-portable", "fp16-custom", "fp16-portable"]
@@ -158,7 +158,7 @@ def test_export_is_byte_identical_in_a_fresh_process(tmp_path):
     """No process-dependent names, addresses or hash orders end up in the file."""
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from conftest import small_model; from rmeeto_export.export import export_onnx;"
+        "from export_test_models import small_model; from rmeeto_export.export import export_onnx;"
         "export_onnx(small_model(), sys.argv[2], portable=True)"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -10,7 +10,7 @@ import pytest
 from rmeeto_export.errors import UserError
 from rmeeto_export.export.parity import TOLERANCES, check_parity, compare_logits
 
-from conftest import small_model
+from export_test_models import small_model
 
 
 def logits(seed: int = 0) -> np.ndarray:
