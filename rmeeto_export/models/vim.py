@@ -70,10 +70,13 @@ OVERRIDABLE = frozenset(
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """RMSNorm with the reduction in fp32 whatever the activation dtype."""
+    """RMSNorm reducing in fp32; the result takes the weight's dtype, the compute dtype of what follows.
+
+    The fp32 residual goes in as it is, so an fp16 model never rounds the residual stream.
+    """
     x32 = x.float()
     normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return (normed * weight.float()).to(x.dtype)
+    return (normed * weight.float()).to(weight.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -164,7 +167,7 @@ class Block(nn.Module):
             residual = hidden.float()
         else:
             residual = residual + drop_path(hidden, self.drop_path_rate, self.training).float()
-        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
+        hidden = self.mixer(self.norm(residual))
         return hidden, residual
 
 
@@ -210,7 +213,7 @@ class Vim(nn.Module):
                 )
             hidden, residual = layer(hidden, residual)
         residual = residual + drop_path(hidden, self.layers[-1].drop_path_rate, self.training).float()
-        final = self.norm_f(residual.to(self.norm_f.weight.dtype))
+        final = self.norm_f(residual)
         return final[:, schedule.cls_index_per_block[-1]]
 
     def forward(self, images: Tensor) -> Tensor:
