@@ -33,7 +33,7 @@ from rmeeto_export.export.parity import run_onnx, torch_logits
 class Int8Tolerance:
     min_top1_agreement: float = 0.95
     min_mean_cosine: float = 0.99
-    max_mean_rel: float = 0.1
+    max_mean_rel: float = 0.05
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # calibration_helpers.py sits ne
 from calibration_helpers import NUM_IMAGES, TINY, write_random_images  # noqa: E402
 
 from rmeeto_export.calibration import calibrate, quantize  # noqa: E402
+from rmeeto_export.calibration.images import list_images, load_image  # noqa: E402
 from rmeeto_export.export import export_onnx  # noqa: E402
 from rmeeto_export.models import create_model  # noqa: E402
 
@@ -37,6 +39,12 @@ def fp32_graphs(tiny_model, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     return write_random_images(tmp_path_factory.mktemp("calibration-images"), NUM_IMAGES, seed=1)
+
+
+@pytest.fixture(scope="session")
+def image_batch(image_folder) -> torch.Tensor:
+    """The calibration images, preprocessed, as one (N, 3, 32, 32) batch."""
+    return torch.from_numpy(np.stack([load_image(path, TINY["img_size"]) for path in list_images(str(image_folder))]))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """The INT8 Q/DQ graphs: where Q/DQ sit, per-channel weight scales, the cache's activation scales, ORT runs."""
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -8,7 +10,7 @@ import torch
 from calibration_helpers import TINY, load, write_random_images
 from onnx import numpy_helper
 
-from rmeeto_export.calibration import calibrate, linear_layers, load_cache, quantize
+from rmeeto_export.calibration import calibrate, linear_layers, load_cache, quantize, quantize_model
 from rmeeto_export.calibration.parity import check_int8_parity
 from rmeeto_export.errors import UserError
 from rmeeto_export.export import export_onnx
@@ -99,10 +101,8 @@ def test_activation_scales_are_the_cached_ones_per_tensor(int8_graphs, cache_pat
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_int8_graph_runs_in_onnxruntime_close_to_pytorch(tiny_model, int8_graphs, image_folder, kind):
-    from rmeeto_export.calibration.images import list_images, load_image
-
-    images = torch.from_numpy(np.stack([load_image(path, 32) for path in list_images(str(image_folder))]))
+def test_int8_graph_runs_in_onnxruntime_close_to_pytorch(tiny_model, int8_graphs, image_batch, kind):
+    images = image_batch
     session = ort.InferenceSession(str(int8_graphs[kind]), providers=["CPUExecutionProvider"])
     assert session.run(None, {"images": images[:1].numpy()})[0].shape == (1, 10)
     parity = check_int8_parity(tiny_model, int8_graphs[kind], images)
@@ -134,3 +134,12 @@ def test_ranges_are_computed_by_each_method(fp32_graphs, tmp_path):
         assert 0 < amax["percentile"][name] <= largest * (1 + 1e-6)  # a percentile never exceeds the maximum
         assert 0 < amax["entropy"][name] <= largest * (1 + 1e-6)
     assert amax["entropy"] != amax["max"]  # KL thresholds clip somewhere
+
+
+def test_parity_fails_when_activations_are_clipped(tiny_model, fp32_graphs, cache_path, image_batch, tmp_path):
+    """The INT8 tolerance is tight enough to catch ranges 3x too small (most activations saturate)."""
+    cache = load_cache(cache_path)
+    clipped = dataclasses.replace(cache, amax={name: value / 3 for name, value in cache.amax.items()})
+    path = tmp_path / "clipped.onnx"
+    onnx.save(quantize_model(load(fp32_graphs["plugin"]), clipped), str(path))
+    assert not check_int8_parity(tiny_model, path, image_batch).passed
