@@ -3,7 +3,8 @@
 The dataset and the small model are the re-training demo's (benchmarks/recovery_demo.py): scikit-learn's
 digits written as an ImageFolder, upsampled to the model's input, and a small Vim trained from scratch
 with the same settings. With `--work DIR` shared with recovery_demo.py, its trained weights
-(DIR/scratch/model.pth) are reused instead of training again.
+(DIR/scratch/model.pth) are reused instead of training again; `--weights DIR/retrain-r8/model.pth
+--r 8` measures the merged model the demo re-trained with the R-MeeTo recipe.
 
 Steps: export the fp32 graph (plugin form, custom nodes with function bodies), calibrate on the
 train split (`--num` images) with each method, write the Q/DQ INT8 graph, and measure top-1 on the
@@ -11,7 +12,7 @@ val split for fp32 and INT8 in ONNX Runtime, their agreement, and INT8 parity ag
 Goal (issue 8): INT8 within 1 point of fp32.
 
 Threads: set OMP_NUM_THREADS (e.g. 1 on a shared machine); the script sets none itself.
-Run: python benchmarks/int8_accuracy.py [--work DIR] [--r 0] [--num 512]
+Run: python benchmarks/int8_accuracy.py [--work DIR] [--r 0] [--weights PTH] [--num 512]
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=None, help="folder for data, weights and graphs (default: temp)")
     parser.add_argument("--r", type=int, default=0, help="tokens merged per merge step (0: no merging)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="trained weights to measure (default: the demo's scratch model, trained if missing)")
     parser.add_argument("--num", type=int, default=512, help="calibration images (from the train split)")
     parser.add_argument("--scratch-epochs", type=int, default=20)
     parser.add_argument("--scratch-lr", type=float, default=8e-3, help="at batch 512 (scaled like the recipe's)")
@@ -83,7 +86,8 @@ def main() -> None:
         data = work / "digits"
         if not (data / "val").is_dir():
             demo.write_digits(data, demo.MODEL_OVERRIDES["img_size"], args.seed)
-        weights = scratch_weights(work, data, args.scratch_epochs, args.scratch_lr, args.batch_size, args.seed)
+        weights = args.weights or scratch_weights(work, data, args.scratch_epochs, args.scratch_lr, args.batch_size,
+                                                  args.seed)
         model = create_model(demo.MODEL, merge_r=args.r, num_classes=10, **demo.MODEL_OVERRIDES)
         load_weights(model, str(weights))
         model.eval()
@@ -91,7 +95,7 @@ def main() -> None:
         val = scan_image_folder(str(data)).val
         images = np.stack([load_image(path, model.cfg.img_size) for path, _ in val])
         labels = np.array([label for _, label in val])
-        graphs = work / f"graphs-r{args.r}"
+        graphs = work / f"graphs-r{args.r}-{weights.parent.name}"
         fp32_path = export_onnx(model, graphs / "model.onnx")
         reference = torch_logits(model, torch.from_numpy(images))
         fp32_logits, _ = run_onnx(fp32_path, images)
@@ -107,6 +111,7 @@ def main() -> None:
 
     schedule = model.schedule
     print()
+    print(f"weights: {weights}")
     print(f"model: {demo.MODEL} {demo.MODEL_OVERRIDES}, r={args.r} (tokens per block {schedule.tokens_per_block}); "
           f"{len(val)} val images, {args.num} calibration images from train/; ONNX Runtime CPU")
     print(f"PyTorch fp32 top-1 {top1(reference, labels):.2f}%")

@@ -10,7 +10,7 @@ API for the build pipeline:
 from rmeeto_export.calibration.cache import CalibrationCache, load_cache
 from rmeeto_export.calibration.collect import DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, METHODS, calibrate
 from rmeeto_export.calibration.layers import ROLES, LinearLayer, linear_layers
-from rmeeto_export.calibration.quantize import quantize, quantize_model
+from rmeeto_export.calibration.qdq import quantize, quantize_model
 
 __all__ = [
     "DEFAULT_NUM_IMAGES",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rmeeto_export.calibration.collect import DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, calibrate
-from rmeeto_export.calibration.quantize import quantize
+from rmeeto_export.calibration.qdq import quantize
 from rmeeto_export.errors import UserError
 
 FP32_GRAPHS = ("model.onnx", "model.portable.onnx")
