@@ -35,7 +35,6 @@ MERGE_INPUTS = ("hidden", "residual", "size")
 INT64_MAX = 2**63 - 1
 # F.normalize's floor on the norm, so an all-zero token scores 0 instead of NaN.
 NORMALIZE_EPS = 1e-12
-SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default
 
 
 class _BodyBuilder:
@@ -107,61 +106,73 @@ def _function(name: str, inputs: tuple[str, ...], outputs: list[str], body: _Bod
 
 
 def _scan_step_graph() -> onnx.GraphProto:
-    """One recurrence step h_t = dA_t * h_{t-1} + dBu_t, all fp32; h_t is the carried state and the scan output."""
+    """One recurrence step h_t = dA_t * h_{t-1} + dBu_t and its output y_t = C_t . h_t, all fp32.
+
+    Inputs h_prev (B, n, d), dA_t, dBu_t (B, n, d), C_t (B, 1, n); outputs h_t, the carried state, and
+    y_t (B, 1, d). Contracting with C here, while h_t is in cache, saves writing out every state.
+    """
     step = _BodyBuilder(prefix="step_")
     state = step.op("Add", step.op("Mul", "dA_t", "h_prev"), "dBu_t")
-    state_seen = step.op("Identity", state)
+    y = step.op("MatMul", "C_t", state)
     float_any = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, None)  # noqa: E731
     return helper.make_graph(
         step.nodes,
         "selective_scan_step",
-        [float_any("h_prev"), float_any("dA_t"), float_any("dBu_t")],
-        [float_any(state), float_any(state_seen)],
+        [float_any(name) for name in ("h_prev", "dA_t", "dBu_t", "C_t")],
+        [float_any(state), float_any(y)],
     )
 
 
-def _time_flip_indices(b: _BodyBuilder, u: str) -> str:
-    """Gather indices over time: L-1 .. 0 when the `reverse` attribute is set, 0 .. L-1 otherwise.
+def _softplus(b: _BodyBuilder, x: str) -> str:
+    """log(1 + exp(x)) as max(x, 0) + log(1 + exp(-|x|)): exp never overflows, and above 17 the log term
+    rounds to 0 in fp32, so it returns x itself there as torch's softplus does above its threshold 20.
+    ONNX Runtime's own Softplus kernel is scalar code, about 4x slower than these five vectorised ops.
+    """
+    tail = b.op("Log", b.op("Add", b.op("Exp", b.op("Neg", b.op("Abs", x))), b.float_scalar(1.0)))
+    return b.op("Add", b.op("Relu", x), tail)
+
+
+def _time_flip_slice(b: _BodyBuilder, reverse: str) -> tuple[str, str, str, str]:
+    """Slice inputs (starts, ends, axes, steps) that reverse axis 0 when `reverse` (int64 0/1) is set and
+    copy it otherwise.
 
     Scanning the flipped sequence forwards is the reverse scan; the flip lives only in this
-    plugin-free body (the plugin and the model scan backwards in place).
+    plugin-free body (the plugin and the model scan backwards in place). Once inlined, these fold
+    to constants.
     """
-    length = b.dim(u, 2)
-    steps = b.arange(b.int_scalar(0), length, b.int_scalar(1))
-    backwards = b.op("Sub", b.op("Sub", length, b.int_scalar(1)), steps)
-    reverse = b.op("Cast", b.attribute_scalar("reverse"), to=TensorProto.BOOL)
-    return b.op("Where", reverse, backwards, steps)
+    direction = b.op("Sub", b.int_scalar(1), b.op("Mul", reverse, b.int_scalar(2)))  # +1 or -1
+    first = b.op("Neg", reverse)  # 0, or -1: the last step
+    end = b.op("Mul", direction, b.int_scalar(INT64_MAX))  # past the far end in that direction
+    return b.unsqueeze(first, 0), b.unsqueeze(end, 0), b.ints(0), b.unsqueeze(direction, 0)
 
 
 def selective_scan_function() -> FunctionProto:
     """rmeeto::SelectiveScan(u, delta, A, B, C, D, z, delta_bias; delta_softplus, reverse) -> y.
 
     Channel-major like the op: u, delta, z, y (B, d, L); B, C (B, n, L); A (d, n), D and delta_bias (d,)
-    fp32. The recurrence is an ONNX Scan over time (a 3-node body), not an unrolled loop.
+    fp32. The recurrence is an ONNX Scan over time (a 3-node body), not an unrolled loop. Inside, the
+    state is laid out (B, n, d): with d innermost, ONNX Runtime's broadcasting Mul and Exp run over rows
+    of d contiguous values instead of n = 16, about 4x faster than the (B, d, n) layout (measured).
     """
     b = _BodyBuilder()
     u, delta, Bmat, Cmat, z = (b.to_float(name) for name in ("u", "delta", "B", "C", "z"))
     dt = b.op("Add", delta, b.unsqueeze("delta_bias", -1))
-    # torch's softplus returns x itself above 20; stating it keeps a backend's exp(x) from overflowing.
-    linear_above = b.op("Greater", dt, b.float_scalar(SOFTPLUS_THRESHOLD))
-    softplus = b.op("Where", linear_above, dt, b.op("Softplus", dt))
-    dt = b.op("Where", b.op("Cast", b.attribute_scalar("delta_softplus"), to=TensorProto.BOOL), softplus, dt)
+    dt = b.op("Where", b.op("Cast", b.attribute_scalar("delta_softplus"), to=TensorProto.BOOL), _softplus(b, dt), dt)
 
-    time = _time_flip_indices(b, "u")
-    in_scan_order = lambda x: b.op("Gather", x, time, axis=2)  # noqa: E731
-    time_major = lambda x: b.op("Transpose", in_scan_order(x), perm=[2, 0, 1])  # noqa: E731
-    dt_t, dtu_t, B_t, C_t = (time_major(x) for x in (dt, b.op("Mul", dt, u), Bmat, Cmat))
+    flip = _time_flip_slice(b, b.attribute_scalar("reverse"))
+    scan_order = lambda x: b.op("Slice", b.op("Transpose", x, perm=[2, 0, 1]), *flip)  # noqa: E731
+    dt_t, dtu_t, B_t, C_t = (scan_order(x) for x in (dt, b.op("Mul", dt, u), Bmat, Cmat))  # (L, B, d or n)
 
-    dA = b.op("Exp", b.op("Mul", b.unsqueeze(dt_t, 3), "A"))  # (L, B, d, n)
-    dBu = b.op("Mul", b.unsqueeze(dtu_t, 3), b.unsqueeze(B_t, 2))  # (L, B, d, n)
+    dA = b.op("Exp", b.op("Mul", b.unsqueeze(dt_t, 2), b.op("Transpose", "A", perm=[1, 0])))  # (L, B, n, d)
+    dBu = b.op("Mul", b.unsqueeze(dtu_t, 2), b.unsqueeze(B_t, 3))  # (L, B, n, d)
     zero_state = b.op(
         "ConstantOfShape",
         b.op("Shape", dA, start=1),
         value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
     )
-    _, states = b.op("Scan", zero_state, dA, dBu, outputs=2, num_scan_inputs=2, body=_scan_step_graph())
-    y_t = b.op("ReduceSum", b.op("Mul", states, b.unsqueeze(C_t, 2)), b.ints(3), keepdims=0)  # (L, B, d)
-    y = b.op("Gather", b.op("Transpose", y_t, perm=[1, 2, 0]), time, axis=2)  # back to time order
+    _, y_t = b.op("Scan", zero_state, dA, dBu, b.unsqueeze(C_t, 2), outputs=2, num_scan_inputs=3, body=_scan_step_graph())
+    y_t = b.op("Squeeze", y_t, b.ints(2))  # (L, B, d)
+    y = b.op("Transpose", b.op("Slice", y_t, *flip), perm=[1, 2, 0])  # back to time order
     y = b.op("Add", y, b.op("Mul", b.unsqueeze("D", -1), u))
     y = b.op("Mul", y, b.op("Mul", z, b.op("Sigmoid", z)))
     b.op("CastLike", y, "u")

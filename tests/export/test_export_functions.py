@@ -60,14 +60,15 @@ def custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [node for node in model.graph.node if node.domain == DOMAIN]
 
 
-def scan_inputs(dtype: torch.dtype, softplus: bool, seed: int = 0):
+def scan_inputs(dtype: torch.dtype, softplus: bool, seed: int = 0, length: int = LENGTH):
     generator = torch.Generator().manual_seed(seed)
     randn = lambda *shape: torch.randn(*shape, generator=generator)  # noqa: E731
     # Without softplus the raw delta is the step size: keep it positive, as softplus would.
-    delta = randn(BATCH, CHANNELS, LENGTH) if softplus else torch.rand(BATCH, CHANNELS, LENGTH, generator=generator)
-    activations = (randn(BATCH, CHANNELS, LENGTH), delta, randn(BATCH, STATES, LENGTH), randn(BATCH, STATES, LENGTH), randn(BATCH, CHANNELS, LENGTH))
-    if softplus:  # both sides of softplus's linear threshold (20) and a vanishing step
-        delta[0, 0, :3] = torch.tensor([25.0, 19.5, -30.0])
+    delta = randn(BATCH, CHANNELS, length) if softplus else torch.rand(BATCH, CHANNELS, length, generator=generator)
+    activations = (randn(BATCH, CHANNELS, length), delta, randn(BATCH, STATES, length), randn(BATCH, STATES, length), randn(BATCH, CHANNELS, length))
+    if softplus and length >= 4:
+        # Both sides of torch's linear threshold (20), a vanishing step, and one whose exp overflows fp32.
+        delta[0, 0, :4] = torch.tensor([25.0, 19.5, -30.0, 100.0])
     A = -torch.rand(CHANNELS, STATES, generator=generator) * 2
     D, delta_bias = randn(CHANNELS), torch.rand(CHANNELS, generator=generator) * 0.5
     return tuple(t.to(dtype) for t in activations), A, D, delta_bias
@@ -92,6 +93,21 @@ def test_selective_scan_body_matches_reference(reverse, softplus, with_skip_and_
     expected = ops.selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, softplus, reverse).numpy()
     # Same recurrence order as the reference; only exp/softplus/sigmoid implementations and the sum
     # over the 4 states differ, a few fp32 ulps on values of order 1-10.
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [1, 2, 17, 76, 186, 197])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_selective_scan_body_matches_reference_at_every_token_count(length, reverse):
+    """Token counts Vim's schedules produce (197 unmerged, 186 and 76 with r = 11, 17 in the test model)
+    and the edge cases 1 and 2, in both directions: the time flip must put every step back in place."""
+    (u, delta, B, C, z), A, D, delta_bias = scan_inputs(torch.float32, softplus=True, seed=length, length=length)
+    names = ["u", "delta", "B", "C", "z"]
+    model = export_module(ScanOnly(A, D, delta_bias, True, reverse), (u, delta, B, C, z), names, ["y"])
+    (actual,) = run(model, names, (u, delta, B, C, z))
+    expected = ops.selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, True, reverse).numpy()
+    assert actual.shape == expected.shape == (BATCH, CHANNELS, length)
+    # As above; the states sum up to a few hundred steps, each rounding at most a few ulps.
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -174,7 +190,7 @@ def test_scan_function_is_a_small_scan_not_an_unrolled_loop():
     assert len(function.node) < 80  # whatever L is: an unrolled scan grows with L (1612 nodes at L=197)
     (scan,) = [node for node in function.node if node.op_type == "Scan"]
     body = onnx.helper.get_attribute_value(next(a for a in scan.attribute if a.name == "body"))
-    assert [node.op_type for node in body.node] == ["Mul", "Add", "Identity"]
+    assert [node.op_type for node in body.node] == ["Mul", "Add", "MatMul"]  # h_t = dA_t * h + dBu_t; y_t = C_t . h_t
     assert all(value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for value in [*body.input, *body.output])
     assert list(function.attribute) == ["delta_softplus", "reverse"]
 

@@ -24,9 +24,10 @@ from export_test_models import EXPORT_BATCH, SMALL, small_model
 VARIANTS = [("fp32", False), ("fp32", True), ("fp16", False), ("fp16", True)]
 VARIANT_IDS = ["fp32-custom", "fp32-portable", "fp16-custom", "fp16-portable"]
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
-# Nodes one op becomes once inlined and folded (measured: 31 per scan, 54 per merge); an unrolled scan
+# Nodes one op becomes once inlined and folded (measured: 36 per scan in fp32, 41 in fp16 with its
+# casts, 54 per merge), whatever the token count; an unrolled scan (1612 nodes per block at 197 tokens)
 # or a sort/scatter emulation would be many times more.
-MAX_NODES_PER_INLINED_SCAN, MAX_NODES_PER_INLINED_MERGE = 35, 80
+MAX_NODES_PER_INLINED_SCAN, MAX_NODES_PER_INLINED_MERGE = 45, 80
 
 
 def load(path) -> onnx.ModelProto:
