@@ -112,14 +112,43 @@ def export_module(
     return model
 
 
+def with_unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node of the main graph and its subgraphs a name no other node has, in place.
+
+    A function body's node names are the same at every call site; inliners that keep them make TensorRT
+    warn "A node named CastLike_59 already exists". The first node keeps its name; later ones get the
+    next free `_<k>` suffix, in graph order, so the result is deterministic.
+    """
+    taken: set[str] = set()
+    next_suffix: dict[str, int] = {}
+
+    def rename(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            name = base = node.name or node.op_type
+            while name in taken:
+                next_suffix[base] = next_suffix.get(base, 0) + 1
+                name = f"{base}_{next_suffix[base]}"
+            taken.add(name)
+            node.name = name
+            for attribute in node.attribute:
+                for subgraph in (attribute.g,) if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                    rename(subgraph)
+
+    rename(model.graph)
+    return model
+
+
 def inline_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Inline the rmeeto functions: standard ONNX only, no custom node, no function, no rmeeto opset."""
+    """Inline the rmeeto functions: standard ONNX only, no custom node, no function, no rmeeto opset.
+
+    Every node name is unique afterwards, in subgraphs too (TensorRT warns about repeated names).
+    """
     inlined = onnx.inliner.inline_local_functions(model)
     del inlined.functions[:]
     kept = [opset for opset in inlined.opset_import if opset.domain != DOMAIN]
     del inlined.opset_import[:]
     inlined.opset_import.extend(kept)
-    return inlined
+    return with_unique_node_names(inlined)
 
 
 def build_onnx(model: nn.Module, *, batch: int = 1, precision: str = "fp32", portable_graph: bool = False) -> onnx.ModelProto:

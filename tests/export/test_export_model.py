@@ -16,6 +16,7 @@ from rmeeto_export.errors import UserError
 from rmeeto_export.export import check_graph, export_onnx
 from rmeeto_export.export.functions import DOMAIN, SELECTIVE_SCAN, TOKEN_MERGE
 from rmeeto_export.export.graph_checks import custom_op_counts, inferred
+from rmeeto_export.export.onnx_export import inline_custom_ops, with_unique_node_names
 from rmeeto_export.export.parity import run_onnx
 from rmeeto_export.models.vim import create_model
 
@@ -82,6 +83,37 @@ def test_portable_graph_is_plain_onnx_and_small(exported, precision):
         + MAX_NODES_PER_INLINED_MERGE * counts[TOKEN_MERGE]
     )
     assert len(portable.graph.node) <= budget
+
+
+def node_names(graph: onnx.GraphProto) -> list[str]:
+    """Names of the nodes of `graph` and of all its subgraphs (Scan bodies), in graph order."""
+    names = []
+    for node in graph.node:
+        names.append(node.name)
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                names.extend(node_names(subgraph))
+    return names
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_inlined_graphs_name_every_node_once(exported, precision):
+    """TensorRT warns about repeated node names, which inlining one function body many times can make."""
+    portable = load(exported[(precision, True)])
+    inlined_later = inline_custom_ops(load(exported[(precision, False)]))  # as the build stage and trt/ do
+    for model in (portable, inlined_later):
+        names = node_names(model.graph)
+        assert sum(node.op_type == "Scan" for node in model.graph.node) == 2 * SMALL["depth"]
+        assert all(names) and len(set(names)) == len(names)
+
+
+def test_repeated_node_names_get_deterministic_suffixes():
+    relu = lambda name: onnx.helper.make_node("Relu", ["x"], ["x"], name=name)  # noqa: E731
+    body = onnx.helper.make_graph([relu("step"), relu("Relu")], "body", [], [])
+    scan = onnx.helper.make_node("Scan", [], [], name="step", body=body, num_scan_inputs=0)
+    graph = onnx.helper.make_graph([relu("Relu"), relu("Relu"), relu("Relu_1"), relu(""), scan], "main", [], [])
+    renamed = with_unique_node_names(onnx.helper.make_model(graph))
+    assert node_names(renamed.graph) == ["Relu", "Relu_1", "Relu_1_1", "Relu_2", "step", "step_1", "Relu_3"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
