@@ -18,7 +18,11 @@ from rmeeto_export.calibration.folder import CACHE_NAME, quantize_build_folder
 @click.option("--method", default=DEFAULT_METHOD, show_default=True, help=f"range method: {', '.join(METHODS)}")
 @click.option("--percentile", default=DEFAULT_PERCENTILE, show_default=True, help="for --method percentile")
 @click.option("--recalibrate", is_flag=True, help=f"ignore an existing {CACHE_NAME} made with the same settings")
-def calibrate_command(out_dir: Path, data: str, num: int, method: str, percentile: float, recalibrate: bool) -> None:
+@click.option("--quantize-merge-inputs", is_flag=True,
+              help="also INT8 the out_proj layers whose output the next merge matches on (flips merges; see docs)")
+def calibrate_command(out_dir: Path, data: str, num: int, method: str, percentile: float, recalibrate: bool,
+                      quantize_merge_inputs: bool) -> None:
     """Calibrate INT8 activation ranges on DATA and write the Q/DQ INT8 twins of the graphs in OUT."""
-    written = quantize_build_folder(out_dir, data, num, method, percentile=percentile, force=recalibrate)
+    written = quantize_build_folder(out_dir, data, num, method, percentile=percentile, force=recalibrate,
+                                    quantize_merge_inputs=quantize_merge_inputs)
     click.echo(f"{out_dir / CACHE_NAME}: {method} scales; wrote {', '.join(str(path) for path in written)}")

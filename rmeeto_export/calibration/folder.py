@@ -30,6 +30,7 @@ def quantize_build_folder(
     *,
     percentile: float = DEFAULT_PERCENTILE,
     force: bool = False,
+    quantize_merge_inputs: bool = False,
 ) -> list[Path]:
     """Calibrate (or reuse DIR/calibration.json) and write the INT8 graph of each fp32 graph in `out_dir`."""
     graphs = [out_dir / name for name in FP32_GRAPHS if (out_dir / name).is_file()]
@@ -38,4 +39,5 @@ def quantize_build_folder(
     cache = out_dir / CACHE_NAME
     # One calibration serves every graph: the twins share the quantised tensors and weights.
     calibrate(graphs[0], cache, images, num, method, percentile=percentile, force=force)
-    return [quantize(graph, cache, out_dir / int8_name(graph.name)) for graph in graphs]
+    return [quantize(graph, cache, out_dir / int8_name(graph.name), quantize_merge_inputs=quantize_merge_inputs)
+            for graph in graphs]

@@ -7,6 +7,10 @@ for both exports: in the plugin graph the scan and the merge are custom nodes wh
 functions (never walked); in the portable graph their inlined MatMuls multiply computed or
 batch-shaped operands, not a 2-D weight, and the scan's own MatMuls sit inside its Scan body. Node
 names are not used: the exporter does not name dt_proj (it is a bare `dt @ weight.t()`).
+
+An out_proj whose output the next block merges on (the R-MeeTo metric is that mixer output) is marked
+`feeds_merge`: normally the mixer output only goes to the next block's residual Add, but before a
+merge it goes to the merge (its TokenMerge node, or the inlined merge's first Gathers).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class LinearLayer:
     activation: str
     weight: str
     channel_axis: int  # the weight's output-channel axis as stored (MatMul (K, N): 1; Gemm transB: 0)
+    feeds_merge: bool = False
 
 
 def embed_dim(model: onnx.ModelProto) -> int:
@@ -83,6 +88,10 @@ def linear_layers(model: onnx.ModelProto) -> list[LinearLayer]:
         raise UserError("the ONNX model has fp16 weights: INT8 quantisation starts from the fp32 export")
     width = embed_dim(model)
     graph_outputs = {value.name for value in model.graph.output}
+    consumer_ops: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumer_ops.setdefault(name, set()).add(node.op_type)
     layers = []
     for node in model.graph.node:
         if node.op_type not in ("MatMul", "Gemm") or node.input[0] in initializers or node.input[1] not in initializers:
@@ -93,7 +102,8 @@ def linear_layers(model: onnx.ModelProto) -> list[LinearLayer]:
         k, n, axis = used
         role = _role(node.op_type, k, n, width, node.output[0] in graph_outputs)
         if role is not None:
-            layers.append(LinearLayer(node.name, node.op_type, role, node.input[0], node.input[1], axis))
+            feeds_merge = role == "out_proj" and consumer_ops.get(node.output[0], set()) != {"Add"}
+            layers.append(LinearLayer(node.name, node.op_type, role, node.input[0], node.input[1], axis, feeds_merge))
     if not layers:
         raise UserError("found no linear layers to quantise in the ONNX model: is it a Vim exported by rmeeto-export?")
     return layers

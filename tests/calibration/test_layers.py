@@ -1,5 +1,6 @@
 """Which nodes get INT8: Vim's linear layers, the same ones in the plugin and the portable export."""
 
+import dataclasses
 from collections import Counter
 
 import onnx
@@ -24,7 +25,14 @@ def test_every_linear_layer_and_nothing_else_is_found(fp32_graphs, kind):
 
 def test_both_exports_quantise_the_same_tensors(fp32_graphs):
     plugin, portable = (linear_layers(load(fp32_graphs[kind])) for kind in ("plugin", "portable"))
-    assert [(l.activation, l.weight, l.role) for l in plugin] == [(l.activation, l.weight, l.role) for l in portable]
+    assert plugin == [dataclasses.replace(layer, node=p.node) for layer, p in zip(portable, plugin)]
+
+
+@pytest.mark.parametrize("kind", ["plugin", "portable"])
+def test_only_the_out_proj_before_the_merge_feeds_it(fp32_graphs, kind):
+    """The tiny model merges at block 2, on block 1's mixer output."""
+    feeding = [layer for layer in linear_layers(load(fp32_graphs[kind])) if layer.feeds_merge]
+    assert [(layer.role, layer.node.split("/")[2]) for layer in feeding] == [("out_proj", "layers.1")]
 
 
 def test_weight_shapes_match_their_roles(fp32_graphs):

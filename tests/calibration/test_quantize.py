@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from rmeeto_export.calibration import calibrate, linear_layers, load_cache, quantize, quantize_model
 from rmeeto_export.calibration.parity import check_int8_parity
+from rmeeto_export.calibration.qdq import layers_to_quantize
 from rmeeto_export.errors import UserError
 from rmeeto_export.export import export_onnx
 from rmeeto_export.models import create_model
@@ -68,7 +69,7 @@ def test_custom_op_bodies_and_scan_bodies_stay_float(int8_graphs, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_weights_are_int8_with_per_channel_scales_on_the_output_axis(fp32_graphs, int8_graphs, kind):
-    layers = linear_layers(load(fp32_graphs[kind]))
+    layers = layers_to_quantize(linear_layers(load(fp32_graphs[kind])), quantize_merge_inputs=False)
     fp32_weights = {init.name: numpy_helper.to_array(init) for init in load(fp32_graphs[kind]).graph.initializer}
     model = load(int8_graphs[kind])
     inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
@@ -88,12 +89,13 @@ def test_weights_are_int8_with_per_channel_scales_on_the_output_axis(fp32_graphs
         assert np.all(np.abs(restored - original) <= np.expand_dims(scale, 1 - axis) / 2 * (1 + 1e-6))
 
 
-def test_activation_scales_are_the_cached_ones_per_tensor(int8_graphs, cache_path):
+def test_activation_scales_are_the_cached_ones_per_tensor(fp32_graphs, int8_graphs, cache_path):
     cache = load_cache(cache_path)
     model = load(int8_graphs["plugin"])
     inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     quantized = {node.input[0]: node for node in model.graph.node if node.op_type == "QuantizeLinear"}
-    assert set(quantized) == set(cache.amax)
+    merge_input = {layer.activation for layer in linear_layers(load(fp32_graphs["plugin"])) if layer.feeds_merge}
+    assert set(quantized) == set(cache.amax) - merge_input and len(merge_input) == 1
     for name, node in quantized.items():
         scale, zero = inits[node.input[1]], inits[node.input[2]]
         assert scale.shape == () and zero.shape == () and zero == 0 and zero.dtype == np.int8
@@ -143,3 +145,13 @@ def test_parity_fails_when_activations_are_clipped(tiny_model, fp32_graphs, cach
     path = tmp_path / "clipped.onnx"
     onnx.save(quantize_model(load(fp32_graphs["plugin"]), clipped), str(path))
     assert not check_int8_parity(tiny_model, path, image_batch).passed
+
+
+@pytest.mark.parametrize("quantize_merge_inputs", [False, True])
+def test_the_merge_metric_stays_float_unless_asked(fp32_graphs, cache_path, quantize_merge_inputs):
+    fp32 = load(fp32_graphs["portable"])
+    merge_input = next(layer.activation for layer in linear_layers(fp32) if layer.feeds_merge)
+    model = quantize_model(fp32, load_cache(cache_path), quantize_merge_inputs=quantize_merge_inputs)
+    quantized = {node.input[0] for node in model.graph.node if node.op_type == "QuantizeLinear"}
+    assert (merge_input in quantized) == quantize_merge_inputs
+    assert len(quantized) == len(linear_layers(fp32)) - (0 if quantize_merge_inputs else 1)
