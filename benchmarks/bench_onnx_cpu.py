@@ -7,12 +7,15 @@ Both runtimes get the same explicit thread count (--threads; printed): torch.set
 ONNX Runtime's intra-op pool, inter-op 1. The ONNX graphs are the fp32 custom-op exports (ONNX Runtime
 inlines the rmeeto function bodies when it loads them). Random weights: latency does not depend on
 them, the merge's token counts are fixed by the schedule. Figures are medians of --repeats timed
-runs after --warmup untimed ones; run on a quiet machine, shared 2-core VMs swing by tens of percent.
+runs after --warmup untimed ones, the two runtimes taking turns run by run, so that a change in
+machine load hits both alike; the load average is printed before and after. Run on a quiet machine:
+shared 2-core VMs swing by tens of percent.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -27,15 +30,22 @@ from rmeeto_export.export import export_onnx
 from rmeeto_export.models.vim import create_model
 
 
-def median_ms(run: Callable[[], object], repeats: int, warmup: int) -> float:
+def median_ms_taking_turns(runs: list[Callable[[], object]], repeats: int, warmup: int) -> list[float]:
+    """Median milliseconds of each of `runs`, timed in turns (run 0, run 1, ..., run 0, ...)."""
     for _ in range(warmup):
-        run()
-    times = []
+        for run in runs:
+            run()
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for run, taken in zip(runs, times):
+            start = time.perf_counter()
+            run()
+            taken.append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(taken) for taken in times]
+
+
+def load_average() -> str:
+    return "load average " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def ort_session(path: Path, threads: int) -> ort.InferenceSession:
@@ -58,27 +68,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"threads: torch {torch.get_num_threads()}, onnxruntime intra-op {args.threads} / inter-op 1")
     print(f"model {args.model}, batch {args.batch}, ONNX Runtime {ort.__version__}, torch {torch.__version__}")
+    print(f"before: {load_average()}")
     torch.manual_seed(0)
     variants = {"unmerged": create_model(args.model).eval(), f"merged {args.ratio}": create_model(args.model, merge_ratio=args.ratio).eval()}
     cfg = next(iter(variants.values())).cfg
     images = torch.randn(args.batch, cfg.in_chans, cfg.img_size, cfg.img_size)
 
-    print(f"{'variant':<14} {'r':>3} {'last tokens':>11} {'torch ms':>9} {'ort ms':>8} {'max |diff|':>11}")
+    print(f"{'variant':<14} {'r':>3} {'last tokens':>11} {'torch ms':>9} {'ort ms':>8} {'ort/torch':>9} {'max |diff|':>11}")
     with tempfile.TemporaryDirectory() as folder:
         for name, model in variants.items():
             path = export_onnx(model, Path(folder) / "model.onnx", batch=args.batch)
             session = ort_session(path, args.threads)
             feed = {"images": images.numpy()}
             with torch.no_grad():
-                torch_ms = median_ms(lambda: model(images), args.repeats, args.warmup)
+                torch_ms, ort_ms = median_ms_taking_turns(
+                    [lambda: model(images), lambda: session.run(None, feed)], args.repeats, args.warmup
+                )
                 expected = model(images).numpy()
-            ort_ms = median_ms(lambda: session.run(None, feed), args.repeats, args.warmup)
             difference = float(np.abs(session.run(None, feed)[0] - expected).max())
             schedule = model.schedule
             print(
                 f"{name:<14} {schedule.r:>3} {schedule.tokens_per_block[-1]:>11} "
-                f"{torch_ms:>9.1f} {ort_ms:>8.1f} {difference:>11.2e}"
+                f"{torch_ms:>9.1f} {ort_ms:>8.1f} {ort_ms / torch_ms:>9.2f} {difference:>11.2e}"
             )
+    print(f"after: {load_average()}")
 
 
 if __name__ == "__main__":
