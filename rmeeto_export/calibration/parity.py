@@ -3,15 +3,20 @@
 Why INT8 gets its own criteria rather than the fp16 ones: every linear layer's input is rounded to
 255 levels of its calibrated range (a relative step of 1/127 of the range, against fp16's 2^-11 per
 value) and its weights to 255 levels per channel; with percentile or entropy calibration the rare
-largest activations are clipped on purpose. These errors enter 5 linear layers per block (6 with
-the second direction's x_proj/dt_proj) in every block and pass through the scan's exp(), so logits
+largest activations are clipped on purpose. These errors enter 6 linear layers per block (in_proj,
+out_proj, and x_proj and dt_proj of each direction) and pass through the scan's exp(), so logits
 move by a few percent of their scale, and images whose top-2 logits are that close can swap. The
 criteria therefore judge the ranking over a set of images and the direction of the logit vectors:
 - top-1 agreement >= 0.95 (the deployment question: does the INT8 engine classify like the model?);
-- mean cosine similarity of the logit vectors >= 0.99 (a wrong scale, a quantised scan or a
-  missing Q/DQ pairing moves logits by tens of percent and drops it far below);
-- mean |int8 - fp32| <= 0.1 of the logit scale (the largest |fp32 logit|), reported with max_rel.
-Measured on the digits benchmark (benchmarks/int8_accuracy.py) the figures sit well inside these.
+- mean cosine similarity of the logit vectors >= 0.99 and mean |int8 - fp32| <= 0.05 of the logit
+  scale (the largest |fp32 logit|): activation ranges 3x too small (clipping) fail both.
+Measured (benchmarks/int8_accuracy.py, digits, 540 images, ONNX Runtime CPU):
+- unmerged model: agreement 99.4-100%, cosine >= 0.9976, mean_rel <= 0.013: passes with margin;
+- merged (r=8, 37 -> 13 tokens), re-trained: top-1 within 0.4 points of fp32, but agreement 92-95%,
+  cosine 0.97, mean_rel 0.03: FAILS. Rounding still flips some near-tied merge matches (upstream of
+  the merge metric), and a flipped match changes the rest of the network for that image. Top-1
+  accuracy on labelled data is the fair judge for merged INT8 models; this check stays strict so
+  that it keeps catching real faults, and says when a merged model falls outside it.
 """
 
 from __future__ import annotations
