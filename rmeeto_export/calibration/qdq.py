@@ -1,8 +1,8 @@
 """fp32 ONNX + calibration cache -> explicit Q/DQ INT8 ONNX that TensorRT 10 (strongly typed) and 11 build.
 
 Placement: a QuantizeLinear/DequantizeLinear pair on the activation input of every linear layer
-(per-tensor scale from the cache) and a DequantizeLinear on its int8 weight (per-channel scales
-along the output-channel axis). Everything else stays as exported: the scan, the merge (custom nodes
+(per-tensor scale from the cache) and one on its fp32 weight (per-channel scales along the
+output-channel axis). Everything else stays as exported: the scan, the merge (custom nodes
 with their function bodies, or their inlined ops), norms, convolutions and the fp32 residual stream.
 
 By default the out_proj layers whose output the next block merges on stay float too. The merge's
@@ -43,6 +43,10 @@ def _quantizer_options(cache: CalibrationCache, layers: list[LinearLayer]) -> di
         "ActivationSymmetric": True,
         "WeightSymmetric": True,
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # MatMul weights are (K, N): channels on axis 1
+        # fp32 weight -> Q -> DQ (the QAT export form, parsed since TensorRT 8) rather than an int8 initializer
+        # -> DQ: older parsers (e.g. TensorRT 8.x) reject int8 initializers, and JetPack 6's 10.3 cannot be
+        # tried here. TensorRT folds the pair into int8 weights, so engines are the same size either way.
+        "AddQDQPairToWeight": True,
         "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
         "QuantizeBias": False,  # the head's bias stays fp32: TensorRT fuses it, an int32 bias DQ it may not
         "TensorQuantOverrides": {
