@@ -90,13 +90,17 @@ def _feeds(files: list[str], input_name: str, batch: int, size: int) -> Iterator
         yield {input_name: np.stack([load_image(path, size) for path in files[start : start + batch]])}
 
 
-def collect_amax(onnx_path: PathLike, tensors: list[str], feeds: Iterator[dict[str, np.ndarray]], method: str,
+def collect_amax(model: onnx.ModelProto, tensors: list[str], feeds: Iterator[dict[str, np.ndarray]], method: str,
                  percentile: float) -> dict[str, float]:
-    """Calibrated |x| range of each of `tensors` over all `feeds`."""
+    """Calibrated |x| range of each of `tensors` of `model` over all `feeds`."""
     options = {"symmetric": True, "percentile": percentile, "num_quantized_bins": _ENTROPY_LEVELS,
                "num_bins": _ENTROPY_BINS if method == "entropy" else _PERCENTILE_BINS}
     with tempfile.TemporaryDirectory(prefix="rmeeto-calibrate-") as work, quiet_onnxruntime():
-        calibrator = create_calibrator(Path(onnx_path), ["MatMul", "Gemm"], str(Path(work) / "augmented.onnx"),
+        # ONNX Runtime writes shape-inferred and augmented copies beside the model it is given: give it
+        # a copy in a temporary folder so nothing appears in (or is left behind in) the build folder.
+        copy = Path(work) / "model.onnx"
+        onnx.save(model, str(copy))
+        calibrator = create_calibrator(copy, ["MatMul", "Gemm"], str(Path(work) / "augmented.onnx"),
                                        _ORT_METHODS[method], extra_options=options)
         while chunk := list(itertools.islice(feeds, _BATCHES_PER_COLLECT)):
             calibrator.collect_data(_Batches(chunk))
@@ -142,7 +146,7 @@ def calibrate(
     if len(files) < batch:
         raise UserError(f"{len(files)} calibration image(s) in {images} are fewer than the model's batch of {batch}")
     feeds = _feeds(files, model.graph.input[0].name, batch, size)
-    amax = collect_amax(onnx_path, sorted({layer.activation for layer in layers}), feeds, method, percentile)
+    amax = collect_amax(model, sorted({layer.activation for layer in layers}), feeds, method, percentile)
     cache = CalibrationCache(settings, model_fingerprint, amax)
     save_cache(cache, out_path)
     return cache.scales

@@ -48,7 +48,7 @@ def _quantizer_options(cache: CalibrationCache, layers: list[LinearLayer]) -> di
         # tried here. TensorRT folds the pair into int8 weights, so engines are the same size either way.
         "AddQDQPairToWeight": True,
         "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
-        "QuantizeBias": False,  # the head's bias stays fp32: TensorRT fuses it, an int32 bias DQ it may not
+        "QuantizeBias": False,  # the head's bias stays fp32 (fused by TensorRT); TensorRT dequantizes no INT32
         "TensorQuantOverrides": {
             name: [{"scale": np.array(cache.scales[name], np.float32), "zero_point": np.array(0, np.int8)}]
             for name in sorted(activations)

@@ -1,6 +1,7 @@
 """`rmeeto-export calibrate --out DIR --data IMAGES`: writes the cache and both INT8 graphs; errors are one line."""
 
 import shutil
+from pathlib import Path
 
 import onnx
 import pytest
@@ -49,3 +50,20 @@ def test_bad_input_is_one_line_and_exit_1(build_dir, image_folder, tmp_path_fact
 def test_folder_without_a_build_is_explained(tmp_path, image_folder):
     result = CliRunner().invoke(main, ["calibrate", "--out", str(tmp_path), "--data", str(image_folder)])
     assert result.exit_code == 1 and "run `rmeeto-export build" in result.output
+
+
+
+def test_onnxruntime_helper_files_stay_out_of_the_build_folder(build_dir, image_folder, monkeypatch):
+    """ONNX Runtime writes a shape-inferred copy beside the model it calibrates: it must not be the build's."""
+    written = []
+    original = onnx.shape_inference.infer_shapes_path
+
+    def spy(model_path, output_path="", *args, **kwargs):
+        written.append(Path(output_path or model_path).parent)
+        return original(model_path, output_path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes_path", spy)
+    result = CliRunner().invoke(main, ["calibrate", "--out", str(build_dir), "--data", str(image_folder), "--num", "2",
+                                       "--method", "max", "--recalibrate"])
+    assert result.exit_code == 0, result.output
+    assert written and build_dir not in written
