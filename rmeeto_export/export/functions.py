@@ -153,6 +153,10 @@ def selective_scan_function() -> FunctionProto:
     fp32. The recurrence is an ONNX Scan over time (a 3-node body), not an unrolled loop. Inside, the
     state is laid out (B, n, d): with d innermost, ONNX Runtime's broadcasting Mul and Exp run over rows
     of d contiguous values instead of n = 16, about 4x faster than the (B, d, n) layout (measured).
+
+    One step per Scan iteration, measured against K steps unrolled per iteration over L padded to a
+    multiple of K (ONNX Runtime 1.31, 1 thread, d = 768, L = 197): K = 1 5.1 ms, K = 2 6.0, K = 4 5.8,
+    K = 8 and 16 slower still; the Split/Concat of a chunk cost more than the iterations they save.
     """
     b = _BodyBuilder()
     u, delta, Bmat, Cmat, z = (b.to_float(name) for name in ("u", "delta", "B", "C", "z"))

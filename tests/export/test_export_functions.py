@@ -20,7 +20,8 @@ from rmeeto_export.export.functions import (
     selective_scan_function,
     token_merge_function,
 )
-from rmeeto_export.export.onnx_export import export_module
+from rmeeto_export.export.onnx_export import export_module, inline_custom_ops
+from rmeeto_export.export.static_shapes import fold_static_shapes
 from rmeeto_export.merge.rmeeto import merge_tokens
 from rmeeto_export.models import ops
 
@@ -193,6 +194,21 @@ def test_scan_function_is_a_small_scan_not_an_unrolled_loop():
     assert [node.op_type for node in body.node] == ["Mul", "Add", "MatMul"]  # h_t = dA_t * h + dBu_t; y_t = C_t . h_t
     assert all(value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for value in [*body.input, *body.output])
     assert list(function.attribute) == ["delta_softplus", "reverse"]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_inlined_scan_has_the_same_few_nodes_at_every_length(reverse):
+    """Inlined and folded as in the portable graph, one scan is a few dozen nodes plus a 3-node Scan
+    body, at 11 tokens as at 197; an unrolled scan would grow with the length (1612 nodes at 197)."""
+    sizes = []
+    for length in (LENGTH, 197):
+        (u, delta, B, C, z), A, D, delta_bias = scan_inputs(torch.float32, softplus=True, length=length)
+        names = ["u", "delta", "B", "C", "z"]
+        model = fold_static_shapes(inline_custom_ops(export_module(ScanOnly(A, D, delta_bias, True, reverse), (u, delta, B, C, z), names, ["y"])))
+        (scan,) = [node for node in model.graph.node if node.op_type == "Scan"]
+        body = onnx.helper.get_attribute_value(next(a for a in scan.attribute if a.name == "body"))
+        sizes.append((len(model.graph.node), len(body.node)))
+    assert sizes[0] == sizes[1] and sizes[0][0] <= 40 and sizes[0][1] == 3
 
 
 def test_merge_function_avoids_ops_tensorrt_rtx_rejects():
