@@ -126,7 +126,8 @@ def _scan_step_graph() -> onnx.GraphProto:
 def _softplus(b: _BodyBuilder, x: str) -> str:
     """log(1 + exp(x)) as max(x, 0) + log(1 + exp(-|x|)): exp never overflows, and above 17 the log term
     rounds to 0 in fp32, so it returns x itself there as torch's softplus does above its threshold 20.
-    ONNX Runtime's own Softplus kernel is scalar code, about 4x slower than these five vectorised ops.
+    ONNX Runtime 1.31's own Softplus kernel measured about 4x slower than these seven ops (1.8 vs 0.47 ms
+    on 768 x 197 values, 1 thread).
     """
     tail = b.op("Log", b.op("Add", b.op("Exp", b.op("Neg", b.op("Abs", x))), b.float_scalar(1.0)))
     return b.op("Add", b.op("Relu", x), tail)
