@@ -559,6 +559,7 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 _DEFAULTS = RetrainConfig(model="vim_b", data="")
 _AUGMENT, _MIX = AugmentSettings(), MixSettings()
+_PROBABILITY = click.FloatRange(0, 1)
 
 
 @click.command("retrain")
@@ -581,15 +582,15 @@ _AUGMENT, _MIX = AugmentSettings(), MixSettings()
 @click.option("--drop-path", type=float, default=_DEFAULTS.drop_path, show_default=True)
 @click.option("--ema/--no-ema", default=_DEFAULTS.ema, show_default=True, help="keep an EMA of the weights (Vim-B recipe)")
 @click.option("--ema-decay", type=float, default=_DEFAULTS.ema_decay, show_default=True)
-@click.option("--mixup", type=float, default=_MIX.mixup_alpha, show_default=True, help="mixup alpha, 0 = off")
-@click.option("--cutmix", type=float, default=_MIX.cutmix_alpha, show_default=True, help="cutmix alpha, 0 = off")
-@click.option("--mixup-prob", type=float, default=_MIX.prob, show_default=True)
-@click.option("--mixup-switch-prob", type=float, default=_MIX.switch_prob, show_default=True)
-@click.option("--smoothing", type=float, default=_MIX.smoothing, show_default=True, help="label smoothing")
-@click.option("--crop-scale-min", type=float, default=_AUGMENT.crop_scale[0], show_default=True,
+@click.option("--mixup", type=click.FloatRange(min=0), default=_MIX.mixup_alpha, show_default=True, help="mixup alpha, 0 = off")
+@click.option("--cutmix", type=click.FloatRange(min=0), default=_MIX.cutmix_alpha, show_default=True, help="cutmix alpha, 0 = off")
+@click.option("--mixup-prob", type=_PROBABILITY, default=_MIX.prob, show_default=True)
+@click.option("--mixup-switch-prob", type=_PROBABILITY, default=_MIX.switch_prob, show_default=True)
+@click.option("--smoothing", type=_PROBABILITY, default=_MIX.smoothing, show_default=True, help="label smoothing")
+@click.option("--crop-scale-min", type=click.FloatRange(0, 1, min_open=True), default=_AUGMENT.crop_scale[0], show_default=True,
               help="smallest area fraction of RandomResizedCrop")
-@click.option("--hflip", type=float, default=_AUGMENT.hflip, show_default=True, help="horizontal flip probability")
-@click.option("--reprob", type=float, default=_AUGMENT.erase_prob, show_default=True, help="random erasing probability")
+@click.option("--hflip", type=_PROBABILITY, default=_AUGMENT.hflip, show_default=True, help="horizontal flip probability")
+@click.option("--reprob", type=_PROBABILITY, default=_AUGMENT.erase_prob, show_default=True, help="random erasing probability")
 @click.option("--amp", type=click.Choice(list(AMP_DTYPES)), default=_DEFAULTS.amp, show_default=True,
               help="mixed precision on CUDA")
 @click.option("--device", type=click.Choice(DEVICES), default=_DEFAULTS.device, show_default=True)
