@@ -143,6 +143,10 @@ def test_ranges_are_computed_by_each_method(fp32_graphs, tmp_path):
         assert 0 < amax["percentile"][name] <= largest * (1 + 1e-6)  # a percentile never exceeds the maximum
         assert 0 < amax["entropy"][name] <= largest * (1 + 1e-6)
     assert amax["entropy"] != amax["max"]  # KL thresholds clip somewhere
+    # out_proj's input (the scan output) always gets its max range: its outliers are signal.
+    scan_outputs = {layer.activation for layer in linear_layers(load(fp32_graphs["plugin"])) if layer.role == "out_proj"}
+    for method in ("percentile", "entropy"):
+        assert {name: amax[method][name] for name in scan_outputs} == {name: amax["max"][name] for name in scan_outputs}
 
 
 def test_parity_fails_when_activations_are_clipped(tiny_model, fp32_graphs, cache_path, image_batch, tmp_path):
