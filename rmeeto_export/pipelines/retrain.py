@@ -479,6 +479,7 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
         raise UserError("--amp bf16/fp16 needs a CUDA GPU; on CPU train in fp32 (--amp none)")
     splits: ImageFolderSplits = scan_image_folder(config.data)
     state = read_teacher_state(config.weights, splits.num_classes) if config.weights else None
+    torch.manual_seed(config.seed)  # the initialisation of a run without --weights is reproducible too
     student, unmerged = build_models(config, splits.num_classes, state)
     del state
     student.to(processes.device)
