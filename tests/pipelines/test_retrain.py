@@ -52,9 +52,9 @@ def weights(tmp_path_factory) -> Path:
     return path
 
 
-def tiny_config(dataset: Path, weights: Path, out: Path, **changes) -> RetrainConfig:
+def tiny_config(dataset: Path, weights: Path | None, out: Path, **changes) -> RetrainConfig:
     # lr 0.05 at batch 512 is 4e-4 at batch 4: large enough that every step visibly moves the weights.
-    base = RetrainConfig(model="vim_t", data=str(dataset), weights=str(weights), merge_r=1, epochs=2, batch_size=4,
+    base = RetrainConfig(model="vim_t", data=str(dataset), weights=weights and str(weights), merge_r=1, epochs=2, batch_size=4,
                          out=str(out), lr=0.05, workers=0, device="cpu", model_overrides=TINY)
     return dataclasses.replace(base, **changes)
 
@@ -214,3 +214,10 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert saved(path) == {"epoch": 1}  # the previous checkpoint is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]  # no temporary file left behind
+
+
+def test_training_from_scratch_is_reproducible(dataset, tmp_path):
+    runs = [retrain(tiny_config(dataset, None, tmp_path / name, distill_weight=0.0, epochs=1))
+            for name in ("a", "b")]
+    first, second = (saved(run.weights)["model"] for run in runs)
+    assert all(torch.equal(first[k], second[k]) for k in first)
