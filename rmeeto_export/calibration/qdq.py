@@ -11,8 +11,9 @@ there flips near-tied matches. On the digits benchmark's merged, re-trained mode
 tokens; 2 of its 37 linear layers kept float) top-1 agreement with fp32 was 96.1-96.3% against
 87.8-89.8% with them INT8; mean logit cosine 0.986 against 0.946. Top-1 itself moved within a few
 images either way (-1.1 to -2.0 points against -0.9 to -3.0). On an earlier demo model (r=8, 37 -> 13
-tokens) agreement went from 76-83% to 92-95%. An fp16 graph of a merged model agrees on 99.8%,
-so this is INT8 noise, not merge instability in general.
+tokens) agreement went from 76-83% to 92-95%. fp16 graphs of these merged models agree on 100% and
+99.8%, so this is INT8 noise, not merge instability in general.
+
 Outputs of the linear layers are not quantised: their consumers (conv, scan, residual add) run in
 float, so a Q/DQ there would only add rounding. All zero points are 0 (symmetric), as TensorRT
 requires.
