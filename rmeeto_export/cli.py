@@ -9,6 +9,7 @@ from typing import Optional
 
 import click
 
+from rmeeto_export.calibration.collect import METHODS as CALIBRATION_METHODS
 from rmeeto_export.errors import UserError
 
 
@@ -90,7 +91,8 @@ def info(model_name: str, ratio: Optional[float], merge_r: Optional[int], as_jso
 @merge_options
 @click.option("--weights", default=None, help="checkpoint: .pth (official layout), .safetensors or hf://owner/repo/file")
 @click.option("--ema", "use_ema", is_flag=True, help="take the checkpoint's model_ema weights")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="int8: Q/DQ around the linear layers, calibrated on --calib-data")
 @click.option("--batch", type=int, default=1, show_default=True, help="fixed batch size of the graph and engine")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output folder [default: out/<model>]")
 @click.option("--trt", "trt_backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto",
@@ -104,15 +106,19 @@ def info(model_name: str, ratio: Optional[float], merge_r: Optional[int], as_jso
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="re-training epochs")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="re-training batch per process (see `rmeeto-export retrain` for every recipe setting)")
+@click.option("--calib-data", default=None, help="INT8 calibration images (a folder, or an ImageFolder root)")
+@click.option("--calib-num", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default="percentile", show_default=True)
 def build(model_name, ratio, merge_r, weights, use_ema, precision, batch, out, trt_backend, plugins, target_cc,
-          parity_samples, seed, data, epochs, batch_size) -> None:
+          parity_samples, seed, data, epochs, batch_size, calib_data, calib_num, calib_method) -> None:
     """Merge, export, check and build: the whole job into one output folder."""
     from rmeeto_export.pipelines.build import BuildConfig, build as run_build
 
     config = BuildConfig(model=model_name, ratio=ratio, r=merge_r, weights=weights, use_ema=use_ema,
                          precision=precision, batch=batch, seed=seed, parity_samples=parity_samples,
                          trt=trt_backend, plugins=plugins, target_cc=target_cc, data=data, epochs=epochs,
-                         batch_size=batch_size)
+                         batch_size=batch_size, calib_data=calib_data, calib_num=calib_num,
+                         calib_method=calib_method)
     run_build(config, out or Path("out") / model_name, log=click.echo)
 
 
@@ -139,9 +145,11 @@ def verify(out: Path) -> None:
 
 
 def _register_subcommands() -> None:
+    from rmeeto_export.calibration.cli import calibrate_command
     from rmeeto_export.pipelines.retrain import retrain_command
 
     main.add_command(retrain_command)
+    main.add_command(calibrate_command)
 
 
 _register_subcommands()

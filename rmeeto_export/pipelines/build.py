@@ -33,7 +33,7 @@ PARITY = "parity.json"
 ENGINE = "model.engine"
 REPORT = "report.md"
 MANIFEST_VERSION = 1
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 Log = Callable[[str], None]
 
@@ -58,6 +58,25 @@ class BuildConfig:
     data: Optional[str] = None  # ImageFolder root: re-train the merged model first
     epochs: int = 3
     batch_size: int = 128
+    calib_data: Optional[str] = None  # images for INT8 calibration (a folder, or an ImageFolder's train/)
+    calib_num: int = 512
+    calib_method: str = "percentile"
+
+    @property
+    def int8(self) -> bool:
+        return self.precision == "int8"
+
+    @property
+    def export_precision(self) -> str:
+        """INT8 graphs are the fp32 export with Q/DQ inserted around the linear layers."""
+        return "fp32" if self.int8 else self.precision
+
+    def graph_name(self, portable: bool) -> str:
+        """The graph a stage consumes: the INT8 twin when building INT8."""
+        from rmeeto_export.calibration import int8_name
+
+        name = PORTABLE_ONNX if portable else ONNX
+        return int8_name(name) if self.int8 else name
 
     @property
     def random_weights(self) -> bool:
@@ -81,6 +100,8 @@ def check_config(config: BuildConfig) -> None:
         raise UserError(f"parity samples must be at least 1, got {config.parity_samples}")
     if config.ratio is not None and config.r is not None:
         raise UserError("give --ratio or --r, not both")
+    if config.int8 and config.calib_data is None:
+        raise UserError("--precision int8 needs calibration images: add --calib-data DIR")
 
 
 def check_out_dir(out: Path) -> None:
@@ -215,17 +236,23 @@ def schedule_stage(model: Vim, manifest: Manifest) -> dict[str, Any]:
 
 
 def export_stage(model: Vim, manifest: Manifest) -> dict[str, Any]:
-    """model.onnx (custom nodes + function bodies) and its inlined twin, from one trace."""
+    """model.onnx (custom nodes + function bodies) and its inlined twin, from one trace; INT8 twins too."""
     from rmeeto_export.export import build_onnx
     from rmeeto_export.export.onnx_export import inline_custom_ops
 
     config = manifest.config
-    graph = build_onnx(model, batch=config.batch, precision=config.precision)
+    graph = build_onnx(model, batch=config.batch, precision=config.export_precision)
     write_bytes_atomic(manifest.out / ONNX, graph.SerializeToString())
     write_bytes_atomic(manifest.out / PORTABLE_ONNX, inline_custom_ops(graph).SerializeToString())
-    for name in (ONNX, PORTABLE_ONNX):
+    written = [ONNX, PORTABLE_ONNX]
+    if config.int8:
+        from rmeeto_export.calibration import CACHE_NAME, quantize_build_folder
+
+        quantized = quantize_build_folder(manifest.out, config.calib_data, config.calib_num, config.calib_method)
+        written += [CACHE_NAME, *(path.name for path in quantized)]
+    for name in written:
         manifest.record_artifact(name)
-    return {"note": f"{ONNX}, {PORTABLE_ONNX} ({config.precision}, batch {config.batch})"}
+    return {"note": f"{', '.join(written)} (batch {config.batch})"}
 
 
 def parity_stage(model: Vim, manifest: Manifest) -> dict[str, Any]:
@@ -238,7 +265,13 @@ def parity_stage(model: Vim, manifest: Manifest) -> dict[str, Any]:
     results = {}
     for name in (ONNX, PORTABLE_ONNX):
         actual, provider = run_onnx(manifest.out / name, images.numpy())
-        results[f"onnxruntime:{name}"] = compare_logits(actual, expected, config.precision, provider).to_dict()
+        results[f"onnxruntime:{name}"] = compare_logits(actual, expected, config.export_precision, provider).to_dict()
+    if config.int8:
+        from rmeeto_export.calibration import check_int8_parity
+
+        for portable in (False, True):
+            name = config.graph_name(portable)
+            results[f"onnxruntime:{name}"] = check_int8_parity(model, manifest.out / name, images).to_dict()
     passed = all(result["passed"] for result in results.values())
     write_json_atomic(manifest.out / PARITY, {"precision": config.precision, "samples": len(images),
                                               "passed": passed, "results": results})
@@ -247,13 +280,17 @@ def parity_stage(model: Vim, manifest: Manifest) -> dict[str, Any]:
     if not passed:
         failed = ", ".join(key for key, result in results.items() if not result["passed"])
         raise ParityFailure(f"parity failed for {failed}: see {manifest.out / PARITY}")
-    worst = max(result["max_abs"] for result in results.values())
+    worst = max(result["max_rel"] for result in results.values())
     agreement = min(result["top1_agreement"] for result in results.values())
-    return {"note": f"max abs logit error {worst:.2e}, top-1 agreement {agreement:.0%} on {len(images)} inputs"}
+    return {"note": f"max logit error {worst:.2e} of the logit scale, top-1 agreement {agreement:.0%} "
+                    f"on {len(images)} inputs"}
 
 
 def _parity_summary(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: result[k] for k in ("passed", "max_abs", "min_cosine", "top1_agreement")}
+    """Figures every parity report has (INT8 reports give the mean cosine, the others the lowest)."""
+    cosine = result["min_cosine"] if "min_cosine" in result else result["mean_cosine"]
+    return {"passed": result["passed"], "max_rel": result["max_rel"], "cosine": cosine,
+            "top1_agreement": result["top1_agreement"]}
 
 
 def engine_stage(manifest: Manifest, log: Log) -> dict[str, Any]:
@@ -268,7 +305,7 @@ def engine_stage(manifest: Manifest, log: Log) -> dict[str, Any]:
         if config.trt != "auto":
             raise
         return {"status": "skipped", "note": str(err)}
-    onnx_name = PORTABLE_ONNX if config.plugins == "off" else ONNX
+    onnx_name = config.graph_name(portable=config.plugins == "off")
     record = build_engine(
         manifest.out / onnx_name,
         manifest.out / ENGINE,
@@ -303,8 +340,9 @@ def write_report(manifest: Manifest) -> None:
     lines += [f"| {name} | {s.get('status', 'ok')} | {s['seconds']:.1f} | {s.get('note', '')} |"
               for name, s in data["stages"].items()]
     if data.get("parity"):
-        lines += ["", "| parity | passed | max abs error | min cosine | top-1 agreement |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {key} | {p['passed']} | {p['max_abs']:.2e} | {p['min_cosine']:.6f} | "
+        lines += ["", "| parity | passed | max error / logit scale | cosine | top-1 agreement |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {key} | {p['passed']} | {p['max_rel']:.2e} | {p['cosine']:.6f} | "
                   f"{p['top1_agreement']:.0%} |" for key, p in data["parity"].items()]
     lines += ["", "| artifact | bytes | sha256 |", "| --- | --- | --- |"]
     lines += [f"| {name} | {a['bytes']} | `{a['sha256'][:16]}` |" for name, a in data["artifacts"].items()]

@@ -144,3 +144,27 @@ def test_verify_without_a_build_folder(tmp_path):
 def test_bad_config_values():
     with pytest.raises(UserError, match="batch must be at least 1"):
         build(tiny_config(batch=0), None)
+
+
+def test_int8_build_calibrates_and_checks_the_int8_graphs(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "calib"
+    images.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for index in range(8):
+        pixels = (torch.rand(32, 32, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(images / f"{index}.png")
+    out = tmp_path / "out"
+    manifest = build(tiny_config(precision="int8", calib_data=str(images), calib_num=8), out, log=lambda _: None)
+    assert {"calibration.json", "model.int8.onnx", "model.portable.int8.onnx"} <= set(manifest.data["artifacts"])
+    results = json.loads((out / "parity.json").read_text())["results"]
+    assert {"onnxruntime:model.int8.onnx", "onnxruntime:model.portable.int8.onnx"} <= set(results)
+    if HAS_TRT:
+        assert manifest.data["engine"]["from"] == "model.int8.onnx" and manifest.data["engine"]["precision"] == "int8"
+
+
+def test_int8_without_calibration_images_is_an_error(tmp_path):
+    with pytest.raises(UserError, match="--calib-data"):
+        build(tiny_config(precision="int8"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
