@@ -4,18 +4,10 @@ import pytest
 
 pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx; CI installs it)")
 
-from rmeeto_export.trt import build_engine, layers_by_type, load_backend  # noqa: E402
+from rmeeto_export.trt import build_engine, layers_by_type  # noqa: E402
 from rmeeto_export.trt.builder import load_onnx, parse_network  # noqa: E402
-from rmeeto_export.trt.plugins import register_python_plugins  # noqa: E402
 
 pytestmark = pytest.mark.trt
-
-
-@pytest.fixture(scope="module")
-def rtx():
-    backend = load_backend("tensorrt-rtx")
-    register_python_plugins(backend)
-    return backend
 
 
 @pytest.mark.parametrize("kind, plugins", [("portable", "none"), ("plugin", "python")])

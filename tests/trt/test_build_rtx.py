@@ -6,21 +6,13 @@ import pytest
 
 from handmade_graphs import MERGE_R, TOKENS, write_custom_node_graph, write_standard_graph
 from rmeeto_export.errors import UserError
-from rmeeto_export.trt import build_engine, layers_by_type, load_backend, read_record
+from rmeeto_export.trt import build_engine, layers_by_type, read_record
 from rmeeto_export.trt.builder import load_onnx, parse_network
 from rmeeto_export.trt.graph import custom_nodes, plugin_layers
-from rmeeto_export.trt.plugins import register_python_plugins
 
 pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx; CI installs it)")
 
 pytestmark = pytest.mark.trt
-
-
-@pytest.fixture(scope="module")
-def rtx():
-    backend = load_backend("tensorrt-rtx")
-    register_python_plugins(backend)
-    return backend
 
 
 def _files(folder):

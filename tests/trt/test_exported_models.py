@@ -9,19 +9,11 @@ import torch  # noqa: E402
 from rmeeto_export.export import export_onnx  # noqa: E402
 from rmeeto_export.export.graph_checks import custom_op_counts  # noqa: E402
 from rmeeto_export.models import create_model  # noqa: E402
-from rmeeto_export.trt import build_engine, layers_by_type, load_backend  # noqa: E402
+from rmeeto_export.trt import build_engine, layers_by_type  # noqa: E402
 from rmeeto_export.trt.builder import load_onnx, parse_network  # noqa: E402
 from rmeeto_export.trt.graph import plugin_layers  # noqa: E402
-from rmeeto_export.trt.plugins import register_python_plugins  # noqa: E402
 
 pytestmark = pytest.mark.trt
-
-
-@pytest.fixture(scope="module")
-def rtx():
-    backend = load_backend("tensorrt-rtx")
-    register_python_plugins(backend)
-    return backend
 
 
 @pytest.fixture(scope="module")
