@@ -187,6 +187,14 @@ def read_teacher_state(weights: str, num_classes: int) -> dict[str, Tensor]:
     return state
 
 
+def read_ema_state(weights: str) -> Optional[dict[str, Tensor]]:
+    """The checkpoint's "model_ema" entry (the official Vim-B file has one), or None when it has none."""
+    try:
+        return read_state_dict(weights, use_ema=True)
+    except UserError:  # no such entry; the file itself was already read once for the model
+        return None
+
+
 def build_models(config: RetrainConfig, num_classes: int, state: Optional[dict[str, Tensor]]) -> tuple[Vim, Vim]:
     """(student: merged, with drop path; unmerged: same weights, eval mode, frozen)."""
     common = dict(num_classes=num_classes, **config.model_overrides)
@@ -506,6 +514,10 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
             f"{processes.world_size} process(es) on {processes.device.type}, global batch "
             f"{config.batch_size * processes.world_size}, lr {trainer.peak_lr:.3g}")
 
+    ema_state = read_ema_state(config.weights) if trainer.ema is not None and config.weights else None
+    if ema_state is not None:  # as the official recipe: the EMA continues the released one
+        check_state_dict(trainer.ema.model, ema_state, f"{config.weights} (model_ema)")
+        trainer.ema.model.load_state_dict(ema_state, strict=True)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if checkpoint is not None:

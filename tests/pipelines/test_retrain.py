@@ -221,3 +221,17 @@ def test_training_from_scratch_is_reproducible(dataset, tmp_path):
             for name in ("a", "b")]
     first, second = (saved(run.weights)["model"] for run in runs)
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_ema_continues_the_checkpoints_ema(dataset, weights, tmp_path):
+    with_ema = tmp_path / "with_ema.pth"
+    torch.manual_seed(1)
+    released_ema = create_model("vim_t", num_classes=CLASSES, **TINY).state_dict()
+    torch.save({"model": saved(weights)["model"], "model_ema": released_ema}, with_ema)
+    # decay 0.999: after 6 steps the average is still 99.4% the released EMA
+    result = retrain(tiny_config(dataset, with_ema, tmp_path / "out", epochs=1, ema=True, ema_decay=0.999))
+    final = saved(result.weights)
+    start = saved(weights)["model"]
+    for key, value in released_ema.items():
+        assert (final["model_ema"][key] - value).abs().max() <= 0.01 * (final["model"][key] - value).abs().max() + 1e-6
+    assert any(not torch.equal(final["model_ema"][k], start[k]) for k in start)
