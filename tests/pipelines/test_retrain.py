@@ -161,7 +161,7 @@ def test_bad_dataset_folders_give_one_line_errors(cli, weights, tmp_path, breaka
     root = write_dataset(tmp_path / "data", train_per_class=2, val_per_class=1)
     breakage(root)
     result = run_cli(cli, "--model", "vim_t", "--r", "1", "--data", str(root), "--weights", str(weights),
-                     "--out", str(tmp_path / "out"), *TINY_FLAGS)
+                     "--batch-size", "2", "--out", str(tmp_path / "out"), *TINY_FLAGS)
     assert_one_line_error(result, expected)
 
 
