@@ -148,8 +148,6 @@ def check_config(config: RetrainConfig) -> None:
     if config.distill_weight > 0 and config.weights is None:
         raise UserError("distillation needs --weights (the teacher is the unmerged model with those weights); "
                         "use --distill-weight 0 to train from scratch")
-    if "num_classes" in config.model_overrides:
-        raise UserError("num_classes comes from the dataset's class folders; do not override it")
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -197,7 +195,10 @@ def read_ema_state(weights: str) -> Optional[dict[str, Tensor]]:
 
 def build_models(config: RetrainConfig, num_classes: int, state: Optional[dict[str, Tensor]]) -> tuple[Vim, Vim]:
     """(student: merged, with drop path; unmerged: same weights, eval mode, frozen)."""
-    common = dict(num_classes=num_classes, **config.model_overrides)
+    requested = config.model_overrides.get("num_classes", num_classes)
+    if requested != num_classes:
+        raise UserError(f"the model is asked for {requested} classes, but {config.data} has {num_classes} class folders")
+    common = {**config.model_overrides, "num_classes": num_classes}
     student = create_model(config.model, merge_ratio=config.ratio, merge_r=config.merge_r,
                            drop_path_rate=config.drop_path, **common)
     unmerged = create_model(config.model, **common)

@@ -235,3 +235,11 @@ def test_ema_continues_the_checkpoints_ema(dataset, weights, tmp_path):
     for key, value in released_ema.items():
         assert (final["model_ema"][key] - value).abs().max() <= 0.01 * (final["model"][key] - value).abs().max() + 1e-6
     assert any(not torch.equal(final["model_ema"][k], start[k]) for k in start)
+
+
+def test_num_classes_override_must_match_the_dataset(dataset, tmp_path):
+    config = tiny_config(dataset, None, tmp_path, distill_weight=0.0, model_overrides={**TINY, "num_classes": 5})
+    with pytest.raises(retrain_module.UserError, match="asked for 5 classes, but .* has 3 class folders"):
+        retrain(config)
+    matching = dataclasses.replace(config, model_overrides={**TINY, "num_classes": CLASSES}, epochs=1)
+    assert retrain(matching).weights.is_file()
