@@ -100,6 +100,8 @@ def check_config(config: BuildConfig) -> None:
         raise UserError(f"parity samples must be at least 1, got {config.parity_samples}")
     if config.ratio is not None and config.r is not None:
         raise UserError("give --ratio or --r, not both")
+    if config.data is not None and config.weights is None:
+        raise UserError("--data re-trains a checkpoint (it is also the distillation teacher): add --weights")
     if config.int8 and config.calib_data is None:
         raise UserError("--precision int8 needs calibration images: add --calib-data DIR")
 

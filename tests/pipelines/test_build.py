@@ -164,7 +164,11 @@ def test_int8_build_calibrates_and_checks_the_int8_graphs(tmp_path):
         assert manifest.data["engine"]["from"] == "model.int8.onnx" and manifest.data["engine"]["precision"] == "int8"
 
 
-def test_int8_without_calibration_images_is_an_error(tmp_path):
-    with pytest.raises(UserError, match="--calib-data"):
-        build(tiny_config(precision="int8"), tmp_path / "out")
+@pytest.mark.parametrize("change,message", [
+    (dict(precision="int8"), "--calib-data"),
+    (dict(data="some/images"), "add --weights"),
+])
+def test_missing_companion_option_is_an_error(tmp_path, change, message):
+    with pytest.raises(UserError, match=message):
+        build(tiny_config(**change), tmp_path / "out")
     assert not (tmp_path / "out").exists()

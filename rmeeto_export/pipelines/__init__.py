@@ -1,0 +1,1 @@
+"""Stage orchestration: the `build` job (build.py) and re-training (retrain.py)."""
