@@ -172,3 +172,23 @@ def test_missing_companion_option_is_an_error(tmp_path, change, message):
     with pytest.raises(UserError, match=message):
         build(tiny_config(**change), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_build_retrains_first_when_given_data(tmp_path):
+    from test_retrain import CLASSES, TINY as RETRAIN_TINY, write_dataset
+
+    from rmeeto_export.models import create_model
+
+    data = write_dataset(tmp_path / "data")
+    torch.manual_seed(0)
+    weights = tmp_path / "start.pth"
+    torch.save({"model": create_model("vim_t", num_classes=CLASSES, **RETRAIN_TINY).state_dict()}, weights)
+    config = BuildConfig(model="vim_t", r=1, overrides=RETRAIN_TINY, weights=str(weights), data=str(data),
+                         epochs=1, batch_size=4, parity_samples=2)
+    lines = []
+    manifest = build(config, tmp_path / "out", log=lines.append)
+    assert lines[0].startswith("[1/6] re-train") and manifest.data["stages"]["retrain"]["status"] == "ok"
+    trained = manifest.config
+    assert trained.weights == str(tmp_path / "out" / "retrain" / "model.pth") and trained.overrides["num_classes"] == CLASSES
+    assert manifest.data["random_weights"] is False
+    assert json.loads((tmp_path / "out" / "parity.json").read_text())["passed"]
