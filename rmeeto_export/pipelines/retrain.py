@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import click
 import numpy as np
@@ -56,6 +56,7 @@ from rmeeto_export.data import (
 )
 from rmeeto_export.data.loader import Batch, check_enough_images, steps_per_epoch
 from rmeeto_export.errors import UserError
+from rmeeto_export.files import atomic_open, write_json_atomic
 from rmeeto_export.models import Vim, create_model
 from rmeeto_export.models.weights import check_state_dict, read_state_dict
 
@@ -259,25 +260,9 @@ class ExponentialAverage:
 # Files
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write via a temporary file in the same folder and os.replace: readers see the old or the new file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def save_torch(obj: Any, path: Path) -> None:
-    write_atomically(path, lambda file: torch.save(obj, file))
-
-
-def save_json(obj: Any, path: Path) -> None:
-    write_atomically(path, lambda file: file.write((json.dumps(obj, indent=2) + "\n").encode()))
+    with atomic_open(path) as stream:
+        torch.save(obj, stream)
 
 
 def recipe_fingerprint(config: RetrainConfig, world_size: int) -> str:
@@ -546,7 +531,7 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
         if trainer.ema is not None:
             final["model_ema"] = trainer.ema.model.state_dict()
         save_torch(final, weights)
-        save_json({"history": history, "schedule": json.loads(student.schedule.to_json()),
+        write_json_atomic({"history": history, "schedule": json.loads(student.schedule.to_json()),
                    "classes": list(splits.classes)}, out / METRICS_NAME)
     if processes.world_size > 1:
         dist.barrier()
