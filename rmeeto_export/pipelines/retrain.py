@@ -531,8 +531,8 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
         if trainer.ema is not None:
             final["model_ema"] = trainer.ema.model.state_dict()
         save_torch(final, weights)
-        write_json_atomic({"history": history, "schedule": json.loads(student.schedule.to_json()),
-                   "classes": list(splits.classes)}, out / METRICS_NAME)
+        write_json_atomic(out / METRICS_NAME, {"history": history, "schedule": json.loads(student.schedule.to_json()),
+                                               "classes": list(splits.classes)})
     if processes.world_size > 1:
         dist.barrier()
     return RetrainResult(weights, history)
