@@ -30,7 +30,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -604,7 +603,7 @@ def retrain_command(model_name: str, ratio: Optional[float], merge_r: Optional[i
                     mixup_switch_prob: float, smoothing: float, overrides: tuple[str, ...], **options: Any) -> None:
     """Re-train a merged Vim with the R-MeeTo recipe (distillation from the unmerged model).
 
-    Multi-GPU / multi-node: torchrun --nproc-per-node N $(command -v rmeeto-export) retrain ...
+    Multi-GPU / multi-node: torchrun --nproc-per-node N -m rmeeto_export retrain ... (--merge-r, not --r)
     """
     config = RetrainConfig(
         model=model_name,
@@ -625,9 +624,3 @@ def retrain_command(model_name: str, ratio: Optional[float], merge_r: Optional[i
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"wrote {result.weights}")
 
-
-if __name__ == "__main__":  # torchrun -m rmeeto_export.pipelines.retrain --data ... (before the CLI lists it)
-    from rmeeto_export.cli import main
-
-    main.add_command(retrain_command)
-    main(args=["retrain", *sys.argv[1:]], prog_name="rmeeto-export")

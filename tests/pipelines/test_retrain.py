@@ -103,7 +103,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(dataset,
                                  mix=MixSettings(mixup_alpha=0, cutmix_alpha=0)))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "rmeeto_export.pipelines.retrain",  # --ratio 0.1 is r=1 here; torchrun's parser takes "--r" for its own
+        "-m", "rmeeto_export", "retrain",  # --ratio 0.1 is r=1 here; torchrun's parser takes "--r" for its own
         "--model", "vim_t", "--data", str(dataset), "--weights", str(weights), "--ratio", "0.1", "--epochs", "1",
         "--batch-size", "2", "--lr", "0.05", "--drop-path", "0", "--mixup", "0", "--cutmix", "0",
         "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "two"), *TINY_FLAGS,
