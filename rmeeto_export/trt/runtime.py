@@ -61,10 +61,9 @@ def _prepare_plugins(source: Optional[PluginSource], backend: Backend) -> None:
     if not source.is_python:
         load_plugin_library(backend, plugin_library_for(source, backend))
         return
-    try:
-        import rmeeto_export.kernels  # noqa: F401 - the Python plugins' enqueue runs these kernels
-    except (ImportError, OSError) as err:
-        raise UserError(f"the engine uses the Python plugins, which need rmeeto_export.kernels: {err}") from None
+    from rmeeto_export import kernels
+
+    kernels.load_library()  # the Python plugins' enqueue runs these kernels: fail now, not mid-inference
     register_python_plugins(backend)
 
 
