@@ -380,26 +380,21 @@ def build(config: BuildConfig, out: Path, log: Log = print) -> Manifest:
     """The whole job into ``out``; raises ParityFailure after writing parity.json and the report."""
     check_config(config)
     check_out_dir(out)
-    retraining = config.data is not None
-    if config.random_weights and not retraining:
+    if config.random_weights:
         log("WARNING: no --weights given: using RANDOM weights (seeded); the result is for checking the "
             "pipeline, not for deployment")
-    total = 6 if retraining else 5
+    manifest = Manifest.new(out, config)
+    stages = Stages(manifest, total=5 if config.data is None else 6, log=log)
     model = None
-    if retraining:
-        log(f"[1/{total}] re-train the merged model on {config.data} ...")
-        started = time.perf_counter()
-        trained = retrain_stage(config, out, log)
-        manifest = Manifest.new(out, trained)
-        manifest.record_stage("retrain", time.perf_counter() - started, status="ok", data=config.data,
-                              epochs=config.epochs, note=f"weights {trained.weights}")
-        manifest.data["random_weights"] = False
-        config = trained
-        stages = Stages(manifest, total=total, log=log)
-        stages.done = 1
-    else:
-        manifest = Manifest.new(out, config)
-        stages = Stages(manifest, total=total, log=log)
+
+    def retrain() -> dict[str, Any]:
+        nonlocal config
+        config = retrain_stage(config, out, log)
+        manifest.data.update(config=dataclasses.asdict(config), random_weights=False)
+        return {"note": f"weights {config.weights}"}
+
+    if config.data is not None:
+        stages.run("retrain", f"re-train the merged model on {config.data}", retrain)
 
     def load() -> dict[str, Any]:
         nonlocal model
