@@ -320,7 +320,10 @@ def engine_stage(manifest: Manifest, log: Log) -> dict[str, Any]:
     )
     manifest.record_artifact(ENGINE)
     manifest.data["engine"] = {"file": ENGINE, "from": onnx_name, **record.to_json()}
-    plugins = "no plugins (portable graph)" if record.plugins is None else f"plugins: {record.plugins.to_json()}"
+    if record.plugins is None:
+        plugins = "no plugins (portable graph)"
+    else:
+        plugins = "Python plugins" if record.plugins.is_python else f"plugin library {record.plugins.library}"
     return {
         "note": f"{record.trt_flavour} {record.trt_version} for {record.target}, {plugins}, "
                 f"{record.engine_bytes / 1e6:.1f} MB in {record.build_seconds:.1f} s",
