@@ -32,6 +32,11 @@ Merging loses 7-13 points and 3 epochs recover most of it, but to within 1 point
 (seed-less earlier runs: r=8, 12% of the work: -20.4 -> -3.5; r=20, 31%: -40.2 -> -8.2). A retraining lr
 of 1.6e-2 gave -1.48 for seed 0, 6.4e-3 gave -3.52.
 
+With --retrain-epochs 8 (seed 0, 555 s): merged 87.78 -> 95.93 (+1.48 over the unmerged 94.44), pruned
+77.41 -> 95.74 (+1.30). Both end above the unmerged model: 10 scratch epochs leave this small model
+unconverged, so longer re-training is partly just more training. A fair control (the unmerged model
+fine-tuned for the same epochs) is not in the script yet.
+
 Threads: the script sets none; run it with OMP_NUM_THREADS=1 on a shared machine.
 Run: python benchmarks/recovery_demo.py [--r 8] [--work DIR]   (--work keeps and reuses finished runs)
 """
