@@ -11,6 +11,11 @@ import click
 
 from rmeeto_export.calibration.collect import METHODS as CALIBRATION_METHODS
 from rmeeto_export.errors import UserError
+from rmeeto_export.pipelines.build import PRECISIONS, BuildConfig
+from rmeeto_export.trt import BACKENDS as TRT_BACKENDS
+from rmeeto_export.trt import PLUGIN_MODES
+
+BUILD_DEFAULTS = BuildConfig()
 
 
 class _Group(click.Group):
@@ -34,7 +39,8 @@ def main() -> None:
 
 
 def model_option(func):
-    return click.option("--model", "model_name", default="vim_b", show_default=True, help="vim_t, vim_s or vim_b")(func)
+    return click.option("--model", "model_name", default=BUILD_DEFAULTS.model, show_default=True,
+                        help="vim_t, vim_s or vim_b")(func)
 
 
 def merge_options(func):
@@ -91,28 +97,33 @@ def info(model_name: str, ratio: Optional[float], merge_r: Optional[int], as_jso
 @merge_options
 @click.option("--weights", default=None, help="checkpoint: .pth (official layout), .safetensors or hf://owner/repo/file")
 @click.option("--ema", "use_ema", is_flag=True, help="take the checkpoint's model_ema weights")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=BUILD_DEFAULTS.precision, show_default=True,
               help="int8: Q/DQ around the linear layers, calibrated on --calib-data")
-@click.option("--batch", type=int, default=1, show_default=True, help="fixed batch size of the graph and engine")
+@click.option("--batch", type=int, default=BUILD_DEFAULTS.batch, show_default=True,
+              help="fixed batch size of the graph and engine")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output folder [default: out/<model>]")
-@click.option("--trt", "trt_backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto",
-              show_default=True, help="TensorRT flavour for the engine stage (auto skips it when none is installed)")
-@click.option("--plugins", type=click.Choice(["auto", "on", "python", "off"]), default="auto", show_default=True,
+@click.option("--trt", "trt_backend", type=click.Choice(TRT_BACKENDS), default=BUILD_DEFAULTS.trt, show_default=True,
+              help="TensorRT flavour for the engine stage (auto skips it when none is installed)")
+@click.option("--plugins", type=click.Choice(PLUGIN_MODES), default=BUILD_DEFAULTS.plugins, show_default=True,
               help="engine with our plugins (C++ library, else Python plugins) or the portable graph (off)")
 @click.option("--target-cc", default=None, help="TensorRT-RTX target compute capability, e.g. sm86, sm89, sm120")
-@click.option("--parity-samples", type=int, default=8, show_default=True, help="random inputs compared in parity")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of random weights and parity inputs")
+@click.option("--parity-samples", type=int, default=BUILD_DEFAULTS.parity_samples, show_default=True,
+              help="random inputs compared in parity")
+@click.option("--seed", type=int, default=BUILD_DEFAULTS.seed, show_default=True,
+              help="seed of random weights and parity inputs")
 @click.option("--data", default=None, help="ImageFolder root (train/, val/): re-train the merged model first")
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="re-training epochs")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=BUILD_DEFAULTS.epochs, show_default=True,
+              help="re-training epochs")
+@click.option("--batch-size", type=click.IntRange(min=1), default=BUILD_DEFAULTS.batch_size, show_default=True,
               help="re-training batch per process (see `rmeeto-export retrain` for every recipe setting)")
 @click.option("--calib-data", default=None, help="INT8 calibration images (a folder, or an ImageFolder root)")
-@click.option("--calib-num", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default="percentile", show_default=True)
+@click.option("--calib-num", type=click.IntRange(min=1), default=BUILD_DEFAULTS.calib_num, show_default=True)
+@click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default=BUILD_DEFAULTS.calib_method,
+              show_default=True)
 def build(model_name, ratio, merge_r, weights, use_ema, precision, batch, out, trt_backend, plugins, target_cc,
           parity_samples, seed, data, epochs, batch_size, calib_data, calib_num, calib_method) -> None:
     """Merge, export, check and build: the whole job into one output folder."""
-    from rmeeto_export.pipelines.build import BuildConfig, build as run_build
+    from rmeeto_export.pipelines.build import build as run_build
 
     config = BuildConfig(model=model_name, ratio=ratio, r=merge_r, weights=weights, use_ema=use_ema,
                          precision=precision, batch=batch, seed=seed, parity_samples=parity_samples,

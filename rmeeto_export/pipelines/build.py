@@ -20,10 +20,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from rmeeto_export.calibration.collect import DEFAULT_NUM_IMAGES
 from rmeeto_export.errors import UserError
 from rmeeto_export.files import file_sha256, write_bytes_atomic, write_json_atomic
 from rmeeto_export.merge.schedule import MergeSchedule
 from rmeeto_export.models import Vim, create_model, load_weights
+from rmeeto_export.pipelines.retrain import RetrainConfig, retrain
 
 MANIFEST = "manifest.json"
 SCHEDULE = "schedule.json"
@@ -56,10 +58,10 @@ class BuildConfig:
     target_cc: Optional[str] = None
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # create_model overrides (small test models)
     data: Optional[str] = None  # ImageFolder root: re-train the merged model first
-    epochs: int = 3
-    batch_size: int = 128
+    epochs: int = RetrainConfig.epochs
+    batch_size: int = RetrainConfig.batch_size
     calib_data: Optional[str] = None  # images for INT8 calibration (a folder, or an ImageFolder's train/)
-    calib_num: int = 512
+    calib_num: int = DEFAULT_NUM_IMAGES
     calib_method: str = "percentile"
 
     @property
@@ -361,8 +363,6 @@ def _finish(manifest: Manifest) -> None:
 
 def retrain_stage(config: BuildConfig, out: Path, log: Log) -> BuildConfig:
     """Re-train the merged model on ``config.data``; the rest of the build uses the result's weights."""
-    from rmeeto_export.pipelines.retrain import RetrainConfig, retrain
-
     result = retrain(RetrainConfig(
         model=config.model, data=config.data, weights=config.weights, ratio=config.ratio, merge_r=config.r,
         epochs=config.epochs, batch_size=config.batch_size, out=str(out / "retrain"), seed=config.seed,
