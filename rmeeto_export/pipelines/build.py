@@ -261,21 +261,21 @@ def export_stage(model: Vim, manifest: Manifest) -> dict[str, Any]:
 
 def parity_stage(model: Vim, manifest: Manifest) -> dict[str, Any]:
     """ONNX Runtime (both graphs) against PyTorch; parity.json is written before any failure is raised."""
+    from rmeeto_export.calibration.parity import compare_int8_logits
     from rmeeto_export.export.parity import compare_logits, run_onnx, torch_logits
 
     config = manifest.config
     images = parity_inputs(model, config)
     expected = torch_logits(model, images)
-    results = {}
-    for name in (ONNX, PORTABLE_ONNX):
-        actual, provider = run_onnx(manifest.out / name, images.numpy())
-        results[f"onnxruntime:{name}"] = compare_logits(actual, expected, config.export_precision, provider).to_dict()
+    precision_of = {ONNX: config.export_precision, PORTABLE_ONNX: config.export_precision}
     if config.int8:
-        from rmeeto_export.calibration import check_int8_parity
-
-        for portable in (False, True):
-            name = config.graph_name(portable)
-            results[f"onnxruntime:{name}"] = check_int8_parity(model, manifest.out / name, images).to_dict()
+        precision_of.update({config.graph_name(portable): "int8" for portable in (False, True)})
+    results = {}
+    for name, precision in precision_of.items():
+        actual, provider = run_onnx(manifest.out / name, images.numpy())
+        report = (compare_int8_logits(actual, expected, provider) if precision == "int8"
+                  else compare_logits(actual, expected, precision, provider))
+        results[f"onnxruntime:{name}"] = report.to_dict()
     passed = all(result["passed"] for result in results.values())
     write_json_atomic(manifest.out / PARITY, {"precision": config.precision, "samples": len(images),
                                               "passed": passed, "results": results})
