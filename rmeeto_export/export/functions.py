@@ -25,8 +25,9 @@ from typing import Any
 import onnx
 from onnx import AttributeProto, FunctionProto, TensorProto, helper
 
-DOMAIN = "rmeeto"
+DOMAIN = "rmeeto"  # also the TensorRT plugin namespace
 DOMAIN_VERSION = 1
+PLUGIN_VERSION = "1"  # TensorRT plugin version of both ops
 ONNX_OPSET = 18
 SELECTIVE_SCAN = "SelectiveScan"
 TOKEN_MERGE = "TokenMerge"

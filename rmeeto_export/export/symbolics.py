@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch.onnx import symbolic_helper
 
-from rmeeto_export.export.functions import DOMAIN, ONNX_OPSET, SELECTIVE_SCAN, TOKEN_MERGE
+from rmeeto_export.export.functions import DOMAIN, ONNX_OPSET, PLUGIN_VERSION, SELECTIVE_SCAN, TOKEN_MERGE
 
-PLUGIN_ATTRIBUTES = {"plugin_namespace_s": DOMAIN, "plugin_version_s": "1"}
+PLUGIN_ATTRIBUTES = {"plugin_namespace_s": DOMAIN, "plugin_version_s": PLUGIN_VERSION}
 
 
 class ExportError(RuntimeError):

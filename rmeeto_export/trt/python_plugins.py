@@ -15,8 +15,9 @@ from typing import Optional
 
 import numpy as np
 
-NAMESPACE = "rmeeto"
-VERSION = "1"
+from rmeeto_export.export.functions import DOMAIN, PLUGIN_VERSION, SELECTIVE_SCAN, TOKEN_MERGE
+
+NAMESPACE, VERSION = DOMAIN, PLUGIN_VERSION  # the ONNX custom nodes' domain and plugin_version
 
 # Field name -> default (None: required). Same as the C++ creators' field specs.
 SELECTIVE_SCAN_FIELDS: dict[str, Optional[int]] = {"delta_softplus": 1, "reverse": 0}
@@ -44,7 +45,7 @@ def accepts_type(trt: ModuleType, plugin_name: str, pos: int, num_inputs: int, t
     """
     activation_types = (trt.float32, trt.float16, trt.bfloat16)
     kind = types[pos]
-    if plugin_name == "SelectiveScan":
+    if plugin_name == SELECTIVE_SCAN:
         if num_inputs not in _SCAN_INPUT_COUNTS:
             return False
         if pos in _SCAN_FP32_INPUTS:
@@ -128,7 +129,7 @@ def python_plugin_creators(trt: ModuleType) -> tuple:
             raise NotImplementedError
 
     class SelectiveScanPlugin(_RmeetoPlugin):
-        PLUGIN_NAME = "SelectiveScan"
+        PLUGIN_NAME = SELECTIVE_SCAN
         FIELD_SPECS = SELECTIVE_SCAN_FIELDS
 
         def get_output_data_types(self, input_types):
@@ -148,7 +149,7 @@ def python_plugin_creators(trt: ModuleType) -> tuple:
             ),)
 
     class TokenMergePlugin(_RmeetoPlugin):
-        PLUGIN_NAME = "TokenMerge"
+        PLUGIN_NAME = TOKEN_MERGE
         FIELD_SPECS = TOKEN_MERGE_FIELDS
         NUM_OUTPUTS = 3
 
