@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from rmeeto_export.data.folder import IMAGE_SUFFIXES, scan_image_folder
-from rmeeto_export.data.transforms import eval_transform
+from rmeeto_export.data.transforms import eval_transform, read_rgb
 from rmeeto_export.errors import UserError
 
 PICK_SEED = 0
@@ -43,9 +42,4 @@ def pick(images: list[str], num: int) -> list[str]:
 
 def load_image(path: str, size: int) -> np.ndarray:
     """One preprocessed image, float32 (3, size, size)."""
-    try:
-        with Image.open(path) as file:
-            return eval_transform(file.convert("RGB"), size)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"unreadable calibration image {path}: {reason}") from None
+    return eval_transform(read_rgb(path, role="calibration image"), size)

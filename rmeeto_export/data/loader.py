@@ -14,11 +14,10 @@ from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from rmeeto_export.data.folder import Sample
-from rmeeto_export.data.transforms import AugmentSettings, eval_transform, train_transform
+from rmeeto_export.data.transforms import AugmentSettings, UnreadableImage, eval_transform, read_rgb, train_transform
 from rmeeto_export.errors import UserError
 
 SampleKey = tuple[int, int]  # (epoch, index into the sample list)
@@ -47,11 +46,9 @@ class ImageSamples(Dataset):
         epoch, index = key
         path, label = self.samples[index]
         try:
-            with Image.open(path) as file:
-                image = file.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            return np.zeros((3, self.size, self.size), np.float32), label, f"unreadable image {path}: {reason}"
+            image = read_rgb(path)
+        except UnreadableImage as err:
+            return np.zeros((3, self.size, self.size), np.float32), label, str(err)
         if self.augment is None:
             return eval_transform(image, self.size), label, ""
         rng = np.random.default_rng([self.seed, epoch, index, _SAMPLE_STREAM])

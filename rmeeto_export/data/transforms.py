@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from rmeeto_export.errors import UserError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -71,6 +73,20 @@ def random_resized_box(width: int, height: int, scale: tuple[float, float], rati
             top = int(rng.integers(0, height - h + 1))
             return left, top, left + w, top + h
     return _central_box(width, height, ratio)
+
+
+class UnreadableImage(UserError):
+    """An image file Pillow cannot decode."""
+
+
+def read_rgb(path: str, role: str = "image") -> Image.Image:
+    """The decoded image in RGB; UnreadableImage "unreadable <role> <path>: <reason>" otherwise."""
+    try:
+        with Image.open(path) as file:
+            return file.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UnreadableImage(f"unreadable {role} {path}: {reason}") from None
 
 
 def normalize(image: Image.Image) -> np.ndarray:
