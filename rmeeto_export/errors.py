@@ -3,3 +3,8 @@
 
 class UserError(Exception):
     """Bad input or environment the user can fix: the message says what and how."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for one-line errors."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

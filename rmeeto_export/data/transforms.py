@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from rmeeto_export.errors import UserError
+from rmeeto_export.errors import UserError, first_line
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -85,8 +85,7 @@ def read_rgb(path: str, role: str = "image") -> Image.Image:
         with Image.open(path) as file:
             return file.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UnreadableImage(f"unreadable {role} {path}: {reason}") from None
+        raise UnreadableImage(f"unreadable {role} {path}: {first_line(err)}") from None
 
 
 def normalize(image: Image.Image) -> np.ndarray:

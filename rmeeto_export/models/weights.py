@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rmeeto_export.errors import UserError
+from rmeeto_export.errors import UserError, first_line
 
 HF_PREFIX = "hf://"
 _LISTED_KEYS = 6  # enough to recognise the problem without flooding one error line
@@ -38,7 +38,7 @@ def resolve_path(path: str) -> Path:
             "cache; download it elsewhere and pass the local file"
         ) from err
     except HfHubHTTPError as err:
-        raise UserError(f"cannot download {path}: {str(err).splitlines()[0]}") from err
+        raise UserError(f"cannot download {path}: {first_line(err)}") from err
 
 
 def read_state_dict(path: str, use_ema: bool = False) -> dict[str, Tensor]:
@@ -57,8 +57,7 @@ def read_state_dict(path: str, use_ema: bool = False) -> dict[str, Tensor]:
     try:
         checkpoint = torch.load(local, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path} is not a weights-only PyTorch checkpoint ({first_line})") from err
+        raise UserError(f"{path} is not a weights-only PyTorch checkpoint ({first_line(err)})") from err
     return _pick_state_dict(checkpoint, path, use_ema)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from rmeeto_export.calibration.collect import DEFAULT_NUM_IMAGES
-from rmeeto_export.errors import UserError
+from rmeeto_export.errors import UserError, first_line
 from rmeeto_export.files import file_sha256, write_bytes_atomic, write_json_atomic
 from rmeeto_export.merge.schedule import MergeSchedule
 from rmeeto_export.models import Vim, create_model, load_weights
@@ -216,8 +216,7 @@ class Stages:
         except Exception as err:  # an exporter / TensorRT error on valid input: name the stage, no traceback
             self.manifest.record_stage(name, time.perf_counter() - started, status="failed")
             self.manifest.write()
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise BuildFailure(f"stage '{name}' failed: {type(err).__name__}: {first_line}") from err
+            raise BuildFailure(f"stage '{name}' failed: {type(err).__name__}: {first_line(err)}") from err
         seconds = time.perf_counter() - started
         status = details.pop("status", "ok")
         self.manifest.record_stage(name, seconds, status=status, **details)

@@ -54,7 +54,7 @@ from rmeeto_export.data import (
     train_batches,
 )
 from rmeeto_export.data.loader import Batch, check_enough_images, steps_per_epoch
-from rmeeto_export.errors import UserError
+from rmeeto_export.errors import UserError, first_line
 from rmeeto_export.files import atomic_open, write_json_atomic
 from rmeeto_export.models import Vim, create_model
 from rmeeto_export.models.weights import check_state_dict, read_state_dict
@@ -278,7 +278,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise UserError(f"{path} is not a readable checkpoint ({str(err).splitlines()[0] if str(err) else err!r})") from err
+        raise UserError(f"{path} is not a readable checkpoint ({first_line(err)})") from err
     if checkpoint.get("recipe") != fingerprint:
         saved = json.loads(checkpoint.get("recipe", "{}"))
         current = json.loads(fingerprint)
