@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rmeeto_export.errors import UserError
+from rmeeto_export.errors import UserError, short_list
 
 # Pillow decodes all of these; the comparison is case-insensitive because ImageNet uses ".JPEG".
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -31,11 +31,6 @@ class ImageFolderSplits:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-
-def _listing(names: list[str]) -> str:
-    shown = ", ".join(names[:_LISTED_NAMES])
-    return shown + (f" (+{len(names) - _LISTED_NAMES} more)" if len(names) > _LISTED_NAMES else "")
 
 
 def _is_image(path: Path) -> bool:
@@ -64,8 +59,8 @@ def _check_same_classes(root: Path, train: tuple[str, ...], val: tuple[str, ...]
     only_train = sorted(set(train) - set(val))
     only_val = sorted(set(val) - set(train))
     if only_train or only_val:
-        parts = [f"only in train: {_listing(only_train)}" if only_train else "",
-                 f"only in val: {_listing(only_val)}" if only_val else ""]
+        parts = [f"only in train: {short_list(only_train, _LISTED_NAMES)}" if only_train else "",
+                 f"only in val: {short_list(only_val, _LISTED_NAMES)}" if only_val else ""]
         raise UserError(f"{root}: train and val have different classes ({'; '.join(p for p in parts if p)})")
 
 

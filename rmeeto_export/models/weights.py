@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rmeeto_export.errors import UserError, first_line
+from rmeeto_export.errors import UserError, first_line, short_list
 
 HF_PREFIX = "hf://"
 _LISTED_KEYS = 6  # enough to recognise the problem without flooding one error line
@@ -74,11 +74,6 @@ def _pick_state_dict(checkpoint: object, path: str, use_ema: bool) -> dict[str, 
     return checkpoint
 
 
-def _listing(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_LISTED_KEYS])
-    return shown + (f" (+{len(keys) - _LISTED_KEYS} more)" if len(keys) > _LISTED_KEYS else "")
-
-
 def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
     """Raise one UserError naming every missing, unexpected and mis-shaped key."""
     expected = model.state_dict()
@@ -90,7 +85,7 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str) ->
         if state[k].shape != expected[k].shape
     )
     problems = [
-        f"{label}: {_listing(keys)}"
+        f"{label}: {short_list(keys, _LISTED_KEYS)}"
         for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshaped))
         if keys
     ]
