@@ -1,4 +1,5 @@
-"""The calibration cache: per-tensor activation ranges and scales, as JSON, tied to the weights.
+"""The calibration cache: per-tensor activation ranges and scales, and the smoothing factors, as JSON,
+tied to the weights.
 
 A rebuild reuses the cache when it was made for the same linear-layer weights with the same method
 and settings, so calibration images are read once. The fingerprint hashes the activation names and
@@ -20,7 +21,7 @@ from rmeeto_export.calibration.layers import LinearLayer
 from rmeeto_export.errors import UserError
 from rmeeto_export.files import write_json_atomic
 
-FORMAT = "rmeeto-export/int8-calibration/1"
+FORMAT = "rmeeto-export/int8-calibration/2"  # 2: smoothing factors
 INT8_MAX = 127  # symmetric int8 as TensorRT quantises: [-127, 127], zero point 0, scale = amax / 127
 
 
@@ -30,13 +31,15 @@ class CalibrationSettings:
     percentile: Optional[float]  # only for method "percentile"
     num_images: int
     data: str
+    smoothing_alpha: Optional[float]  # None: no smoothing
 
 
 @dataclass(frozen=True)
 class CalibrationCache:
     settings: CalibrationSettings
     fingerprint: str
-    amax: dict[str, float] = field(default_factory=dict)  # activation tensor -> calibrated |x| range
+    amax: dict[str, float] = field(default_factory=dict)  # activation tensor -> calibrated |x| range (after smoothing)
+    smoothing: dict[str, tuple[float, ...]] = field(default_factory=dict)  # activation tensor -> s per input channel
 
     @property
     def scales(self) -> dict[str, float]:
@@ -48,6 +51,7 @@ class CalibrationCache:
             "settings": asdict(self.settings),
             "fingerprint": self.fingerprint,
             "activations": {name: {"amax": value, "scale": scale_of(value)} for name, value in sorted(self.amax.items())},
+            "smoothing": {name: list(factors) for name, factors in sorted(self.smoothing.items())},
         }
 
     @classmethod
@@ -59,6 +63,7 @@ class CalibrationCache:
             settings=CalibrationSettings(**data["settings"]),
             fingerprint=str(data["fingerprint"]),
             amax={str(name): float(entry["amax"]) for name, entry in activations.items()},
+            smoothing={str(name): tuple(float(f) for f in factors) for name, factors in data["smoothing"].items()},
         )
 
 

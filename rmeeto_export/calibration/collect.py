@@ -14,6 +14,10 @@ values are signal, not noise (the same finding as Quamba, arXiv 2410.13229, for 
 On the digits benchmark's unmerged model its 99.99th percentile was 2-8x below its maximum, and
 clipping there cost top-1 agreement with fp32 (percentile 98.9%, entropy 95.7%, top-1 -1.85 points);
 with its max range both gave 99.6% agreement and fp32's top-1.
+
+Before the ranges, where smoothing is on (calibration/smoothing.py), a first pass measures the
+per-channel |x| maxima of the smoothable activations; the ranges are then measured on the smoothed
+graph, since they are the ranges of X / s that get quantised.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
 
 from rmeeto_export.calibration.cache import CalibrationCache, CalibrationSettings, fingerprint, load_cache, save_cache
 from rmeeto_export.calibration.images import list_images, load_image, pick
 from rmeeto_export.calibration.layers import linear_layers
+from rmeeto_export.calibration.smoothing import DEFAULT_ALPHA, factors_for, fold_sites, smooth
 from rmeeto_export.errors import UserError
 
 METHODS = ("max", "percentile", "entropy")
@@ -68,11 +74,13 @@ def quiet_onnxruntime() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def check_method(method: str, percentile: float) -> None:
+def check_method(method: str, percentile: float, smoothing_alpha: Optional[float]) -> None:
     if method not in METHODS:
         raise UserError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
     if not 50.0 < percentile <= 100.0:
         raise UserError(f"percentile must be in (50, 100], got {percentile}")
+    if smoothing_alpha is not None and not 0.0 <= smoothing_alpha <= 1.0:
+        raise UserError(f"smoothing alpha must be in [0, 1], got {smoothing_alpha}")
 
 
 def input_shape(model: onnx.ModelProto) -> tuple[int, int]:
@@ -115,6 +123,21 @@ def collect_amax(model: onnx.ModelProto, tensors: list[str], feeds: Iterator[dic
     return {name: _amax(*ranges[name].range_value) for name in tensors}
 
 
+def collect_channel_amax(model: onnx.ModelProto, tensors: list[str],
+                         feeds: Iterator[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Largest |x| per channel (the last axis) of each of `tensors` of `model` over all `feeds`."""
+    probed = onnx.ModelProto()
+    probed.CopyFrom(model)
+    probed.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in tensors)
+    session = ort.InferenceSession(probed.SerializeToString(), providers=["CPUExecutionProvider"])
+    amax: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        for name, value in zip(tensors, session.run(tensors, feed)):
+            channel_max = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+            amax[name] = np.maximum(amax[name], channel_max) if name in amax else channel_max
+    return amax
+
+
 def _amax(lowest: np.ndarray, highest: np.ndarray) -> float:
     """The symmetric range |x| <= amax covering [lowest, highest] (ONNX Runtime gives 0-d or 1-element arrays)."""
     return float(np.max(np.abs(np.concatenate([np.ravel(lowest), np.ravel(highest)]))))
@@ -128,25 +151,27 @@ def calibrate(
     method: str = DEFAULT_METHOD,
     *,
     percentile: float = DEFAULT_PERCENTILE,
+    smoothing_alpha: Optional[float] = DEFAULT_ALPHA,
     force: bool = False,
 ) -> dict[str, float]:
-    """Activation scales of `onnx_path`'s linear layers from `num` images under `images`.
+    """Activation scales (and smoothing factors, unless `smoothing_alpha` is None) of `onnx_path`'s
+    linear layers from `num` images under `images`.
 
     The cache is written to `out_path` (JSON, atomically). If `out_path` already holds a cache for
     the same weights and settings it is returned as is, without reading any image, unless `force`.
     Returns {activation tensor name: int8 scale}.
     """
-    check_method(method, percentile)
+    check_method(method, percentile, smoothing_alpha)
     if not Path(onnx_path).is_file():
         raise UserError(f"ONNX model not found: {onnx_path}")
     model = onnx.load(str(onnx_path))
     layers = linear_layers(model)
     settings = CalibrationSettings(method, percentile if method == "percentile" else None, num,
-                                   str(Path(images).resolve()))
+                                   str(Path(images).resolve()), smoothing_alpha)
     model_fingerprint = fingerprint(model, layers)
     if not force and Path(out_path).is_file():
-        cached = load_cache(out_path)
-        if cached.settings == settings and cached.fingerprint == model_fingerprint:
+        cached = _readable_cache(out_path)
+        if cached and cached.settings == settings and cached.fingerprint == model_fingerprint:
             return cached.scales
     batch, size = input_shape(model)
     files = pick(list_images(images), num)
@@ -155,11 +180,25 @@ def calibrate(
     def feeds() -> Iterator[dict[str, np.ndarray]]:
         return _feeds(files, model.graph.input[0].name, batch, size)
 
+    sites = fold_sites(model, layers) if smoothing_alpha is not None else {}
+    factors = {}
+    if sites:
+        factors = factors_for(model, sites, collect_channel_amax(model, sorted(sites), feeds()), smoothing_alpha)
+        model = smooth(model, layers, factors)
     at_max = sorted({layer.activation for layer in layers if layer.role in MAX_RANGE_ROLES or method == "max"})
     by_method = sorted({layer.activation for layer in layers} - set(at_max))
     amax = collect_amax(model, at_max, feeds(), "max", percentile)
     if by_method:
         amax.update(collect_amax(model, by_method, feeds(), method, percentile))
-    cache = CalibrationCache(settings, model_fingerprint, amax)
+    cache = CalibrationCache(settings, model_fingerprint, amax,
+                             {name: tuple(float(f) for f in value) for name, value in sorted(factors.items())})
     save_cache(cache, out_path)
     return cache.scales
+
+
+def _readable_cache(path: PathLike) -> Optional[CalibrationCache]:
+    """The cache at `path`, or None where it is unreadable or of an older format: it is rewritten anyway."""
+    try:
+        return load_cache(path)
+    except UserError:
+        return None

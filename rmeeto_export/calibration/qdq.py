@@ -14,6 +14,10 @@ images either way (-1.1 to -2.0 points against -0.9 to -3.0). On an earlier demo
 tokens) agreement went from 76-83% to 92-95%. fp16 graphs of these merged models agree on 100% and
 99.8%, so this is INT8 noise, not merge instability in general.
 
+Before the Q/DQ go in, the cache's smoothing factors are folded into the graph's constants for the
+layers that get quantised (calibration/smoothing.py); a layer that stays float keeps its weights
+as exported, so the merge metric sees exactly the fp32 graph's values.
+
 Outputs of the linear layers are not quantised: their consumers (conv, scan, residual add) run in
 float, so a Q/DQ there would only add rounding. All zero points are 0 (symmetric), as TensorRT
 requires.
@@ -34,6 +38,7 @@ from onnxruntime.quantization import CalibrationMethod, QDQQuantizer, QuantType,
 from rmeeto_export.calibration.cache import CalibrationCache, fingerprint, load_cache
 from rmeeto_export.calibration.collect import quiet_onnxruntime
 from rmeeto_export.calibration.layers import LinearLayer, linear_layers
+from rmeeto_export.calibration.smoothing import smooth
 from rmeeto_export.errors import UserError
 from rmeeto_export.files import write_bytes_atomic
 
@@ -76,10 +81,13 @@ def quantize_model(model: onnx.ModelProto, cache: CalibrationCache, *, quantize_
     all_layers = linear_layers(model)
     check_cache_fits(cache, model, all_layers)  # the cache covers every layer, so either policy can use it
     layers = layers_to_quantize(all_layers, quantize_merge_inputs)
+    quantized = {layer.activation for layer in layers}
+    model = smooth(model, all_layers, {name: np.array(factors, np.float32)
+                                       for name, factors in cache.smoothing.items() if name in quantized})
     inferred = onnx.shape_inference.infer_shapes(model)
     ranges = TensorsData(CalibrationMethod.MinMax, {
         name: TensorData(lowest=np.float32(-cache.amax[name]), highest=np.float32(cache.amax[name]))
-        for name in {layer.activation for layer in layers}
+        for name in quantized
     })
     with quiet_onnxruntime():
         quantizer = QDQQuantizer(

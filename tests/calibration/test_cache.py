@@ -6,7 +6,7 @@ import pytest
 from calibration_helpers import NUM_IMAGES, write_random_images
 
 from rmeeto_export.calibration import calibrate, load_cache
-from rmeeto_export.calibration.cache import INT8_MAX, CalibrationCache, save_cache
+from rmeeto_export.calibration.cache import FORMAT, INT8_MAX, CalibrationCache, save_cache
 from rmeeto_export.errors import UserError
 
 
@@ -37,6 +37,13 @@ def test_a_rebuild_reuses_the_cache_without_reading_images(fp32_graphs, tmp_path
     assert load_cache(cache).settings.method == "max"  # a failed calibration leaves the old cache intact
 
 
+def test_a_cache_of_an_older_format_is_recalibrated(fp32_graphs, image_folder, tmp_path):
+    cache = tmp_path / "calibration.json"
+    cache.write_text('{"format": "rmeeto-export/int8-calibration/1", "activations": {}}')
+    calibrate(fp32_graphs["plugin"], cache, str(image_folder), 4, "max")
+    assert load_cache(cache).amax
+
+
 def test_imagefolder_tree_calibrates_on_train_only(fp32_graphs, tmp_path):
     root = tmp_path / "tree"
     for split in ("train", "val"):
@@ -50,7 +57,7 @@ def test_imagefolder_tree_calibrates_on_train_only(fp32_graphs, tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("{not json", "unreadable"), ('{"format": "other"}', "unreadable"), ('{"format": "rmeeto-export/int8-calibration/1"}', "unreadable")],
+    [("{not json", "unreadable"), ('{"format": "other"}', "unreadable"), (f'{{"format": "{FORMAT}"}}', "unreadable")],
 )
 def test_a_broken_cache_is_a_user_error(tmp_path, content, message):
     path = tmp_path / "calibration.json"
@@ -70,6 +77,7 @@ def test_bad_inputs_are_one_line_user_errors(fp32_graphs, image_folder, tmp_path
         (dict(images=str(image_folder), method="mse"), "unknown calibration method 'mse'"),
         (dict(images=str(image_folder), num=0), "must be positive"),
         (dict(images=str(image_folder), percentile=101.0), "percentile must be"),
+        (dict(images=str(image_folder), smoothing_alpha=1.5), "smoothing alpha must be in"),
     ]
     for kwargs, message in cases:
         with pytest.raises(UserError, match=message) as caught:
