@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from rmeeto_export.calibration.collect import DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, calibrate
 from rmeeto_export.calibration.qdq import quantize
+from rmeeto_export.calibration.smoothing import DEFAULT_ALPHA
 from rmeeto_export.errors import UserError
 
 FP32_GRAPHS = ("model.onnx", "model.portable.onnx")
@@ -29,6 +31,7 @@ def quantize_build_folder(
     method: str = "percentile",
     *,
     percentile: float = DEFAULT_PERCENTILE,
+    smoothing_alpha: Optional[float] = DEFAULT_ALPHA,
     force: bool = False,
     quantize_merge_inputs: bool = False,
 ) -> list[Path]:
@@ -38,6 +41,6 @@ def quantize_build_folder(
         raise UserError(f"{out_dir} has no {' or '.join(FP32_GRAPHS)}: run `rmeeto-export build --out {out_dir}` first")
     cache = out_dir / CACHE_NAME
     # One calibration serves every graph: the twins share the quantised tensors and weights.
-    calibrate(graphs[0], cache, images, num, method, percentile=percentile, force=force)
+    calibrate(graphs[0], cache, images, num, method, percentile=percentile, smoothing_alpha=smoothing_alpha, force=force)
     return [quantize(graph, cache, out_dir / int8_name(graph.name), quantize_merge_inputs=quantize_merge_inputs)
             for graph in graphs]

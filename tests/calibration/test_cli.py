@@ -7,6 +7,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from rmeeto_export.calibration import load_cache
 from rmeeto_export.calibration.cli import calibrate_command
 from rmeeto_export.cli import main
 
@@ -32,12 +33,22 @@ def test_calibrate_writes_cache_and_int8_twins(build_dir, image_folder):
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
+@pytest.mark.parametrize("extra, alpha", [([], 0.5), (["--smoothing-alpha", "0.8"], 0.8), (["--no-smoothing"], None)])
+def test_smoothing_options_reach_the_cache(build_dir, image_folder, extra, alpha):
+    result = CliRunner().invoke(main, ["calibrate", "--out", str(build_dir), "--data", str(image_folder), "--num", "2",
+                                       "--method", "max", *extra])
+    assert result.exit_code == 0, result.output
+    cache = load_cache(build_dir / "calibration.json")
+    assert cache.settings.smoothing_alpha == alpha and bool(cache.smoothing) == (alpha is not None)
+
+
 @pytest.mark.parametrize(
     "data, extra, message",
     [
         ("empty", [], "error: no images in"),
         ("images", ["--method", "kl"], "error: unknown calibration method 'kl'"),
         ("images", ["--num", "0"], "error: the number of calibration images must be positive"),
+        ("images", ["--smoothing-alpha", "2"], "error: smoothing alpha must be in [0, 1]"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(build_dir, image_folder, tmp_path_factory, data, extra, message):
