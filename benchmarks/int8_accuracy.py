@@ -97,7 +97,7 @@ def measure(weights: Path, merge_r: int, data: Path, graphs: Path, num: int) -> 
     fp32_top1 = top1(fp32_logits, labels)
     lines = [f"{weights} (r={merge_r}, tokens per block {model.schedule.tokens_per_block}): PyTorch fp32 top-1 "
              f"{top1(reference, labels):.2f}%",
-             f"  {'graph':<28} {'top-1':>7} {'vs fp32':>8} {'agree':>7}   parity vs PyTorch (mean cosine, mean/max rel)",
+             f"  {'graph':<28} {'top-1':>7} {'vs fp32':>8} {'agree':>7}   parity vs PyTorch (median/mean cosine, mean/max rel)",
              f"  {'fp32':<28} {fp32_top1:6.2f}%"]
     variants = [(method, alpha, False) for method in METHODS for alpha in (DEFAULT_ALPHA, None)]
     variants += [(method, DEFAULT_ALPHA, True) for method in METHODS if merge_r]
@@ -112,7 +112,7 @@ def measure(weights: Path, merge_r: int, data: Path, graphs: Path, num: int) -> 
         parity = compare_int8_logits(int8_logits, reference, provider)
         accuracy = top1(int8_logits, labels)
         lines.append(f"  {name:<28} {accuracy:6.2f}% {accuracy - fp32_top1:+7.2f} {agreement:6.2f}%   "
-                     f"{parity.mean_cosine:.5f}, {parity.mean_rel:.4f}/{parity.max_rel:.4f} "
+                     f"{parity.median_cosine:.5f}/{parity.mean_cosine:.5f}, {parity.mean_rel:.4f}/{parity.max_rel:.4f} "
                      f"{'pass' if parity.passed else 'FAIL'}")
     return lines
 
