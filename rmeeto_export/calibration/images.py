@@ -4,6 +4,10 @@ From an ImageFolder tree (DIR/train/<class>/..., DIR/val/<class>/...) only train
 calibration never sees the images accuracy is measured on. The `num` images are a seeded random
 pick over the sorted file list (every class is represented, the choice is reproducible), decoded and
 cropped with the same eval transform the re-training pipeline evaluates with.
+
+The INT8 parity check takes its images from the same place, but ones calibration did not use: the
+val/ of a tree, or the rest of a plain folder after the calibration pick (topped up with calibration
+images where the folder has too few others).
 """
 
 from __future__ import annotations
@@ -32,12 +36,27 @@ def list_images(root: str) -> list[str]:
     return images
 
 
+def _pick_order(count: int) -> np.ndarray:
+    return np.random.default_rng(PICK_SEED).permutation(count)
+
+
 def pick(images: list[str], num: int) -> list[str]:
     """`num` of `images` (all of them if there are fewer), seeded, in a fixed order."""
     if num < 1:
         raise UserError(f"the number of calibration images must be positive, got {num}")
-    order = np.random.default_rng(PICK_SEED).permutation(len(images))[:num]
-    return [images[i] for i in sorted(order)]
+    return [images[i] for i in sorted(_pick_order(len(images))[:num])]
+
+
+def held_out_images(root: str, num: int, calibration_num: int) -> list[str]:
+    """`num` images under `root` for checking an INT8 graph calibrated on `pick(list_images(root), calibration_num)`,
+    those it did not see first."""
+    path = Path(root)
+    if (path / "train").is_dir() and (path / "val").is_dir():
+        return pick(sorted(image for image, _ in scan_image_folder(root).val), num)
+    images = list_images(root)
+    order = _pick_order(len(images))
+    unseen_first = np.concatenate([order[calibration_num:], order[:calibration_num]])
+    return [images[i] for i in unseen_first[:num]]
 
 
 def load_image(path: str, size: int) -> np.ndarray:

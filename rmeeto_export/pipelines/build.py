@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 
 from rmeeto_export.calibration.collect import DEFAULT_NUM_IMAGES
@@ -36,6 +37,7 @@ ENGINE = "model.engine"
 REPORT = "report.md"
 MANIFEST_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
+INT8_PARITY_IMAGES = 64  # see int8_parity_inputs
 
 Log = Callable[[str], None]
 
@@ -258,25 +260,45 @@ def export_stage(model: Vim, manifest: Manifest) -> dict[str, Any]:
     return {"note": f"{', '.join(written)} (batch {config.batch})"}
 
 
+def int8_parity_inputs(model: Vim, config: BuildConfig) -> torch.Tensor:
+    """Real images for the INT8 graphs, ones calibration did not use where there are any.
+
+    Gaussian noise suits fp32/fp16 parity, but not INT8: its activations fall outside the ranges
+    calibrated on images and clip. 64 images (rounded down to whole batches): the INT8 criteria
+    are statistics over images, and at 8 a single near-tied image that swaps is 12.5% agreement.
+    """
+    from rmeeto_export.calibration.images import held_out_images, load_image
+
+    files = held_out_images(config.calib_data, INT8_PARITY_IMAGES, config.calib_num)
+    files = files[: len(files) - len(files) % config.batch]
+    return torch.from_numpy(np.stack([load_image(path, model.cfg.img_size) for path in files]))
+
+
 def parity_stage(model: Vim, manifest: Manifest) -> dict[str, Any]:
     """ONNX Runtime (both graphs) against PyTorch; parity.json is written before any failure is raised."""
-    from rmeeto_export.calibration.parity import compare_int8_logits
+    from rmeeto_export.calibration.parity import Int8Tolerance, compare_int8_logits
     from rmeeto_export.export.parity import compare_logits, run_onnx, torch_logits
 
     config = manifest.config
-    images = parity_inputs(model, config)
-    expected = torch_logits(model, images)
+    # Random weights decide nothing: their logits lie within a few % of each other, so INT8 rounding
+    # swaps top-1 on about half the images (vim_t: 52%). The logit-error criteria still judge the graph.
+    int8_tolerance = Int8Tolerance(min_top1_agreement=0.0) if config.random_weights else Int8Tolerance()
+    inputs = {config.export_precision: parity_inputs(model, config)}
+    if config.int8:
+        inputs["int8"] = int8_parity_inputs(model, config)
+    expected = {precision: torch_logits(model, images) for precision, images in inputs.items()}
     precision_of = {ONNX: config.export_precision, PORTABLE_ONNX: config.export_precision}
     if config.int8:
         precision_of.update({config.graph_name(portable): "int8" for portable in (False, True)})
     results = {}
     for name, precision in precision_of.items():
-        actual, provider = run_onnx(manifest.out / name, images.numpy())
-        report = (compare_int8_logits(actual, expected, provider) if precision == "int8"
-                  else compare_logits(actual, expected, precision, provider))
+        actual, provider = run_onnx(manifest.out / name, inputs[precision].numpy())
+        report = (compare_int8_logits(actual, expected[precision], provider, int8_tolerance) if precision == "int8"
+                  else compare_logits(actual, expected[precision], precision, provider))
         results[f"onnxruntime:{name}"] = report.to_dict()
     passed = all(result["passed"] for result in results.values())
-    write_json_atomic(manifest.out / PARITY, {"precision": config.precision, "samples": len(images),
+    samples = {precision: len(images) for precision, images in inputs.items()}
+    write_json_atomic(manifest.out / PARITY, {"precision": config.precision, "samples": samples,
                                               "passed": passed, "results": results})
     manifest.record_artifact(PARITY)
     manifest.data["parity"] = {key: _parity_summary(result) for key, result in results.items()}
@@ -285,13 +307,13 @@ def parity_stage(model: Vim, manifest: Manifest) -> dict[str, Any]:
         raise ParityFailure(f"parity failed for {failed}: see {manifest.out / PARITY}")
     worst = max(result["max_rel"] for result in results.values())
     agreement = min(result["top1_agreement"] for result in results.values())
-    return {"note": f"max logit error {worst:.2e} of the logit scale, top-1 agreement {agreement:.0%} "
-                    f"on {len(images)} inputs"}
+    counts = " and ".join(f"{count} {precision} inputs" for precision, count in samples.items())
+    return {"note": f"max logit error {worst:.2e} of the logit scale, top-1 agreement {agreement:.0%} on {counts}"}
 
 
 def _parity_summary(result: dict[str, Any]) -> dict[str, Any]:
-    """Figures every parity report has (INT8 reports give the mean cosine, the others the lowest)."""
-    cosine = result["min_cosine"] if "min_cosine" in result else result["mean_cosine"]
+    """Figures every parity report has (INT8 reports give the median cosine, the others the lowest)."""
+    cosine = result["min_cosine"] if "min_cosine" in result else result["median_cosine"]
     return {"passed": result["passed"], "max_rel": result["max_rel"], "cosine": cosine,
             "top1_agreement": result["top1_agreement"]}
 
@@ -335,8 +357,9 @@ def write_report(manifest: Manifest) -> None:
     data, config = manifest.data, manifest.config
     lines = [f"# rmeeto-export build: {config.model}", ""]
     if config.random_weights:
+        not_judged = " (INT8: top-1 agreement is not judged, only the logit error)" if config.int8 else ""
         lines += ["**Random weights** (no --weights given): the engine computes nothing useful; "
-                  "parity still checks the graph.", ""]
+                  f"parity still checks the graph{not_judged}.", ""]
     schedule = data.get("schedule")
     if schedule:
         lines += [f"Merge: r={schedule['r']} (effective ratio {schedule['effective_ratio']:.3f}), "
