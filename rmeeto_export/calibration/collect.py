@@ -15,9 +15,10 @@ On the digits benchmark's unmerged model its 99.99th percentile was 2-8x below i
 clipping there cost top-1 agreement with fp32 (percentile 98.9%, entropy 95.7%, top-1 -1.85 points);
 with its max range both gave 99.6% agreement and fp32's top-1.
 
-Before the ranges, where smoothing is on (calibration/smoothing.py), a first pass measures the
-per-channel |x| maxima of the smoothable activations; the ranges are then measured on the smoothed
-graph, since they are the ranges of X / s that get quantised.
+One pass over the images measures every activation's largest |x| per channel. That gives the
+smoothing factors s (calibration/smoothing.py) and every max range, since |x / s| peaks channel by
+channel where |x| does. Percentile and entropy need the whole distribution of x / s, so they take
+a second pass, over the smoothed graph.
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ MAX_RANGE_ROLES = ("out_proj",)  # calibrated by max whatever the method: see th
 DEFAULT_METHOD = "percentile"
 DEFAULT_PERCENTILE = 99.99
 DEFAULT_NUM_IMAGES = 512
-_ORT_METHODS = {"max": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                "entropy": CalibrationMethod.Entropy}
+_ORT_METHODS = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
 _PERCENTILE_BINS = 2048  # resolution of the percentile: 1/2048 of the largest |x|
 # ONNX Runtime's KL search tries every threshold bin in a Python loop, for every tensor: 2048 bins
 # took about a second per tensor here (minutes for Vim-B); 512 bins is 7x faster, still 4 bins per
@@ -107,7 +107,7 @@ def _feeds(files: list[str], input_name: str, batch: int, size: int) -> Iterator
 
 def collect_amax(model: onnx.ModelProto, tensors: list[str], feeds: Iterator[dict[str, np.ndarray]], method: str,
                  percentile: float) -> dict[str, float]:
-    """Calibrated |x| range of each of `tensors` of `model` over all `feeds`."""
+    """Percentile or entropy |x| range of each of `tensors` of `model` over all `feeds`."""
     options = {"symmetric": True, "percentile": percentile, "num_quantized_bins": _ENTROPY_LEVELS,
                "num_bins": _ENTROPY_BINS if method == "entropy" else _PERCENTILE_BINS}
     with tempfile.TemporaryDirectory(prefix="rmeeto-calibrate-") as work, quiet_onnxruntime():
@@ -180,16 +180,15 @@ def calibrate(
     def feeds() -> Iterator[dict[str, np.ndarray]]:
         return _feeds(files, model.graph.input[0].name, batch, size)
 
+    activations = sorted({layer.activation for layer in layers})
+    channel_amax = collect_channel_amax(model, activations, feeds())
     sites = fold_sites(model, layers) if smoothing_alpha is not None else {}
-    factors = {}
-    if sites:
-        factors = factors_for(model, sites, collect_channel_amax(model, sorted(sites), feeds()), smoothing_alpha)
-        model = smooth(model, layers, factors)
-    at_max = sorted({layer.activation for layer in layers if layer.role in MAX_RANGE_ROLES or method == "max"})
-    by_method = sorted({layer.activation for layer in layers} - set(at_max))
-    amax = collect_amax(model, at_max, feeds(), "max", percentile)
+    factors = factors_for(model, sites, channel_amax, smoothing_alpha) if sites else {}
+    amax = {name: float(np.max(channel_amax[name] / factors.get(name, 1.0))) for name in activations}
+    by_method = [] if method == "max" else sorted({layer.activation for layer in layers
+                                                   if layer.role not in MAX_RANGE_ROLES})
     if by_method:
-        amax.update(collect_amax(model, by_method, feeds(), method, percentile))
+        amax.update(collect_amax(smooth(model, layers, factors), by_method, feeds(), method, percentile))
     cache = CalibrationCache(settings, model_fingerprint, amax,
                              {name: tuple(float(f) for f in value) for name, value in sorted(factors.items())})
     save_cache(cache, out_path)

@@ -137,3 +137,23 @@ def test_smoothing_evens_out_an_outlier_channel(image_folder, image_batch, tmp_p
         actual = outputs_of(quantize(fp32, cache, tmp_path / f"int8-{alpha}.onnx"), in_proj, images)
         errors[alpha] = np.abs(actual - expected).mean() / np.abs(expected).mean()
     assert errors[0.5] < errors[None] / 4, errors  # measured: 0.166 -> 0.009 of the outputs' mean |value|
+
+
+def test_max_ranges_are_those_of_the_smoothed_activations(fp32_graphs, image_folder, image_batch, tmp_path):
+    """Max ranges come from the per-channel pass as max_j(max|x_j| / s_j): the smoothed graph must see exactly that."""
+    cache_file = tmp_path / "max.json"
+    calibrate(fp32_graphs["plugin"], cache_file, str(image_folder), len(image_batch), "max")
+    cache = load_cache(cache_file)
+    model = load(fp32_graphs["plugin"])
+    layers = linear_layers(model)
+    smoothed = smooth(model, layers, {name: np.array(f, np.float32) for name, f in cache.smoothing.items()})
+    names = sorted(cache.amax)
+    smoothed.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
+    session = ort.InferenceSession(smoothed.SerializeToString(), providers=["CPUExecutionProvider"])
+    observed = dict.fromkeys(names, 0.0)
+    for image in image_batch.numpy():
+        for name, value in zip(names, session.run(names, {"images": image[None]})):
+            observed[name] = max(observed[name], float(np.abs(value).max()))
+    assert cache.smoothing  # the smoothed tensors are among those checked
+    for name in names:
+        assert cache.amax[name] == pytest.approx(observed[name], rel=1e-6)  # x / s rounds once in the graph
