@@ -23,12 +23,17 @@ from rmeeto_export.errors import UserError
 PICK_SEED = 0
 
 
+def _is_split_tree(path: Path) -> bool:
+    """An ImageFolder root with train/ and val/ splits, rather than a plain folder of images."""
+    return (path / "train").is_dir() and (path / "val").is_dir()
+
+
 def list_images(root: str) -> list[str]:
     """Image files under `root` (train/ of an ImageFolder tree), sorted."""
     path = Path(root)
     if not path.is_dir():
         raise UserError(f"calibration data folder not found: {root}")
-    if (path / "train").is_dir() and (path / "val").is_dir():
+    if _is_split_tree(path):
         return sorted(image for image, _ in scan_image_folder(root).train)
     images = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
@@ -50,8 +55,7 @@ def pick(images: list[str], num: int) -> list[str]:
 def held_out_images(root: str, num: int, calibration_num: int) -> list[str]:
     """`num` images under `root` for checking an INT8 graph calibrated on `pick(list_images(root), calibration_num)`,
     those it did not see first."""
-    path = Path(root)
-    if (path / "train").is_dir() and (path / "val").is_dir():
+    if _is_split_tree(Path(root)):
         return pick(sorted(image for image, _ in scan_image_folder(root).val), num)
     images = list_images(root)
     order = _pick_order(len(images))
