@@ -3,11 +3,12 @@
 import json
 
 import pytest
-from calibration_helpers import NUM_IMAGES, write_random_images
 
 from rmeeto_export.calibration import calibrate, load_cache
 from rmeeto_export.calibration.cache import FORMAT, INT8_MAX, CalibrationCache, save_cache
 from rmeeto_export.errors import UserError
+from tests.support.graphs import CALIBRATION_IMAGES
+from tests.support.images import write_noise_images
 
 
 def test_cache_round_trips_through_json(cache_path, tmp_path):
@@ -23,7 +24,7 @@ def test_cache_round_trips_through_json(cache_path, tmp_path):
 
 
 def test_a_rebuild_reuses_the_cache_without_reading_images(fp32_graphs, tmp_path):
-    images = write_random_images(tmp_path / "images", 4, seed=3)
+    images = write_noise_images(tmp_path / "images", 4, seed=3)
     cache = tmp_path / "calibration.json"
     first = calibrate(fp32_graphs["plugin"], cache, str(images), 4, "max")
     for image in images.iterdir():
@@ -48,11 +49,11 @@ def test_imagefolder_tree_calibrates_on_train_only(fp32_graphs, tmp_path):
     root = tmp_path / "tree"
     for split in ("train", "val"):
         for label in ("a", "b"):
-            write_random_images(root / split / label, 2, seed=4)
+            write_noise_images(root / split / label, 2, seed=4)
     for image in (root / "val").rglob("*.png"):
         image.write_bytes(b"unreadable: val must not be read")
-    calibrate(fp32_graphs["plugin"], tmp_path / "c.json", str(root), NUM_IMAGES, "max")
-    assert load_cache(tmp_path / "c.json").settings.num_images == NUM_IMAGES
+    calibrate(fp32_graphs["plugin"], tmp_path / "c.json", str(root), CALIBRATION_IMAGES, "max")
+    assert load_cache(tmp_path / "c.json").settings.num_images == CALIBRATION_IMAGES
 
 
 @pytest.mark.parametrize(
@@ -92,7 +93,7 @@ def test_fewer_images_than_the_batch_is_a_user_error(tiny_model, tmp_path):
     from rmeeto_export.export import export_onnx
 
     model = export_onnx(tiny_model, tmp_path / "b4.onnx", batch=4)
-    images = write_random_images(tmp_path / "images", 3, seed=5)
+    images = write_noise_images(tmp_path / "images", 3, seed=5)
     with pytest.raises(UserError, match="fewer than the model's batch of 4"):
         calibrate(model, tmp_path / "c.json", str(images), 8, "max")
 

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from calibration_helpers import write_random_images
 
 from rmeeto_export.calibration.images import held_out_images, list_images, pick
 from rmeeto_export.calibration.parity import compare_int8_logits
+from tests.support.images import write_noise_images
 
 
 def logits(count: int, seed: int) -> np.ndarray:
@@ -48,14 +48,14 @@ def test_too_many_swapped_images_fail_even_if_close():
 def test_held_out_images_of_a_tree_are_its_val_split(tmp_path):
     for split in ("train", "val"):
         for label in ("a", "b"):
-            write_random_images(tmp_path / split / label, 3, seed=0)
+            write_noise_images(tmp_path / split / label, 3, seed=0)
     chosen = held_out_images(str(tmp_path), 4, calibration_num=6)
     assert len(chosen) == 4 and all("/val/" in path for path in chosen)
 
 
 @pytest.mark.parametrize("calibration_num, num", [(4, 6), (4, 12), (12, 5)])
 def test_held_out_images_of_a_folder_come_unseen_first(tmp_path, calibration_num, num):
-    folder = write_random_images(tmp_path, 12, seed=0)
+    folder = write_noise_images(tmp_path, 12, seed=0)
     calibration = set(pick(list_images(str(folder)), calibration_num))
     chosen = held_out_images(str(folder), num, calibration_num)
     unseen = [path for path in chosen if path not in calibration]

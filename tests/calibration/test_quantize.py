@@ -6,8 +6,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
-from calibration_helpers import TINY, load, write_random_images
 from onnx import numpy_helper
 
 from rmeeto_export.calibration import calibrate, linear_layers, load_cache, quantize, quantize_model
@@ -15,7 +13,8 @@ from rmeeto_export.calibration.parity import check_int8_parity
 from rmeeto_export.calibration.qdq import layers_to_quantize
 from rmeeto_export.errors import UserError
 from rmeeto_export.export import export_onnx
-from rmeeto_export.models import create_model
+from tests.support.images import write_noise_images
+from tests.support.models import tiny_vim
 
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 KINDS = ["plugin", "portable"]
@@ -47,8 +46,8 @@ def subgraphs(graph: onnx.GraphProto):
 @pytest.mark.parametrize("kind", KINDS)
 def test_dequantized_tensors_feed_only_the_linear_layers(fp32_graphs, int8_graphs, kind):
     """Scan, merge, norms, convs and the residual stream see no Q/DQ: every DQ output goes to a linear layer."""
-    model = load(int8_graphs[kind])
-    linear_nodes = {layer.node for layer in linear_layers(load(fp32_graphs[kind]))}
+    model = onnx.load(int8_graphs[kind])
+    linear_nodes = {layer.node for layer in linear_layers(onnx.load(fp32_graphs[kind]))}
     users = consumers(model.graph)
     dequantized = [node.output[0] for node in model.graph.node if node.op_type == "DequantizeLinear"]
     assert dequantized
@@ -61,7 +60,7 @@ def test_dequantized_tensors_feed_only_the_linear_layers(fp32_graphs, int8_graph
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_custom_op_bodies_and_scan_bodies_stay_float(int8_graphs, kind):
-    model = load(int8_graphs[kind])
+    model = onnx.load(int8_graphs[kind])
     inner = [node for function in model.functions for node in function.node]
     inner += [node for graph in subgraphs(model.graph) for node in graph.node]
     assert inner  # function bodies (plugin graph) or Scan bodies (portable graph) exist
@@ -76,8 +75,8 @@ def test_custom_op_bodies_and_scan_bodies_stay_float(int8_graphs, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_weights_get_per_channel_symmetric_scales_on_the_output_axis(fp32_graphs, int8_graphs, kind):
-    layers = layers_to_quantize(linear_layers(load(fp32_graphs[kind])), quantize_merge_inputs=False)
-    model = load(int8_graphs[kind])
+    layers = layers_to_quantize(linear_layers(onnx.load(fp32_graphs[kind])), quantize_merge_inputs=False)
+    model = onnx.load(int8_graphs[kind])
     inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     weight_q = {node.input[0]: node for node in model.graph.node if node.op_type == "QuantizeLinear" and node.input[0] in inits}
     assert set(weight_q) == {layer.weight for layer in layers}
@@ -98,10 +97,10 @@ def test_weights_get_per_channel_symmetric_scales_on_the_output_axis(fp32_graphs
 
 def test_activation_scales_are_the_cached_ones_per_tensor(fp32_graphs, int8_graphs, cache_path):
     cache = load_cache(cache_path)
-    model = load(int8_graphs["plugin"])
+    model = onnx.load(int8_graphs["plugin"])
     inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     quantized = quantize_nodes_of_activations(model)
-    merge_input = {layer.activation for layer in linear_layers(load(fp32_graphs["plugin"])) if layer.feeds_merge}
+    merge_input = {layer.activation for layer in linear_layers(onnx.load(fp32_graphs["plugin"])) if layer.feeds_merge}
     assert set(quantized) == set(cache.amax) - merge_input and len(merge_input) == 1
     for name, node in quantized.items():
         scale, zero = inits[node.input[1]], inits[node.input[2]]
@@ -120,8 +119,7 @@ def test_int8_graph_runs_in_onnxruntime_close_to_pytorch(tiny_model, int8_graphs
 
 
 def test_cache_of_other_weights_is_refused(cache_path, tmp_path):
-    torch.manual_seed(1)
-    other = export_onnx(create_model("vim_t", **TINY).eval(), tmp_path / "other.onnx")
+    other = export_onnx(tiny_vim(seed=1), tmp_path / "other.onnx")
     with pytest.raises(UserError, match="other weights"):
         quantize(other, cache_path, tmp_path / "other.int8.onnx")
     assert not (tmp_path / "other.int8.onnx").exists()
@@ -133,7 +131,7 @@ def test_missing_model_is_a_user_error(cache_path, tmp_path):
 
 
 def test_ranges_are_computed_by_each_method(fp32_graphs, tmp_path):
-    folder = write_random_images(tmp_path / "images", 6, seed=2)
+    folder = write_noise_images(tmp_path / "images", 6, seed=2)
     amax = {}
     for method in ("max", "percentile", "entropy"):
         calibrate(fp32_graphs["plugin"], tmp_path / f"{method}.json", str(folder), 6, method)
@@ -144,7 +142,7 @@ def test_ranges_are_computed_by_each_method(fp32_graphs, tmp_path):
         assert 0 < amax["entropy"][name] <= largest * (1 + 1e-6)
     assert amax["entropy"] != amax["max"]  # KL thresholds clip somewhere
     # out_proj's input (the scan output) always gets its max range: its outliers are signal.
-    scan_outputs = {layer.activation for layer in linear_layers(load(fp32_graphs["plugin"])) if layer.role == "out_proj"}
+    scan_outputs = {layer.activation for layer in linear_layers(onnx.load(fp32_graphs["plugin"])) if layer.role == "out_proj"}
     for method in ("percentile", "entropy"):
         assert {name: amax[method][name] for name in scan_outputs} == {name: amax["max"][name] for name in scan_outputs}
 
@@ -154,13 +152,13 @@ def test_parity_fails_when_activations_are_clipped(tiny_model, fp32_graphs, cach
     cache = load_cache(cache_path)
     clipped = dataclasses.replace(cache, amax={name: value / 3 for name, value in cache.amax.items()})
     path = tmp_path / "clipped.onnx"
-    onnx.save(quantize_model(load(fp32_graphs["plugin"]), clipped), str(path))
+    onnx.save(quantize_model(onnx.load(fp32_graphs["plugin"]), clipped), str(path))
     assert not check_int8_parity(tiny_model, path, image_batch).passed
 
 
 @pytest.mark.parametrize("quantize_merge_inputs", [False, True])
 def test_the_merge_metric_stays_float_unless_asked(fp32_graphs, cache_path, quantize_merge_inputs):
-    fp32 = load(fp32_graphs["portable"])
+    fp32 = onnx.load(fp32_graphs["portable"])
     merge_input = next(layer.activation for layer in linear_layers(fp32) if layer.feeds_merge)
     model = quantize_model(fp32, load_cache(cache_path), quantize_merge_inputs=quantize_merge_inputs)
     quantized = set(quantize_nodes_of_activations(model))

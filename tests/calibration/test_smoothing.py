@@ -5,7 +5,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from calibration_helpers import TINY, load
 from onnx import numpy_helper
 
 from rmeeto_export.calibration import calibrate, linear_layers, load_cache, quantize
@@ -13,7 +12,7 @@ from rmeeto_export.calibration.smoothing import fold_sites, smooth, smoothing_fa
 from rmeeto_export.errors import UserError
 from rmeeto_export.export import export_onnx
 from rmeeto_export.export.parity import run_onnx
-from rmeeto_export.models import create_model
+from tests.support.models import TINY_VIM, tiny_vim
 
 KINDS = ["plugin", "portable"]
 
@@ -24,10 +23,10 @@ def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_in_proj_and_out_proj_fold_into_existing_constants(fp32_graphs, kind):
-    model = load(fp32_graphs[kind])
+    model = onnx.load(fp32_graphs[kind])
     layers = linear_layers(model)
     sites = fold_sites(model, layers)
-    depth = TINY["depth"]
+    depth = TINY_VIM["depth"]
     assert sorted(site.layer.role for site in sites.values()) == ["in_proj"] * depth + ["out_proj"] * depth
     producers = {model.graph.node[site.producer].op_type for site in sites.values()}
     assert producers == {"Mul", "Div"}  # the norm weight; the average of the two scan directions
@@ -56,7 +55,7 @@ def test_factors_stay_finite_for_dead_channels():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_smoothed_fp32_graph_computes_the_same_logits(fp32_graphs, image_batch, kind, tmp_path):
-    model = load(fp32_graphs[kind])
+    model = onnx.load(fp32_graphs[kind])
     layers = linear_layers(model)
     rng = np.random.default_rng(1)
     factors = {name: (10.0 ** rng.uniform(-1, 1, load_weight_rows(model, site))).astype(np.float32)
@@ -81,7 +80,7 @@ def load_weight_rows(model: onnx.ModelProto, site) -> int:
 
 def test_cache_holds_factors_for_every_fold_site(fp32_graphs, cache_path):
     cache = load_cache(cache_path)
-    model = load(fp32_graphs["plugin"])
+    model = onnx.load(fp32_graphs["plugin"])
     sites = fold_sites(model, linear_layers(model))
     assert set(cache.smoothing) == set(sites) and set(cache.smoothing) <= set(cache.amax)
     assert cache.settings.smoothing_alpha == 0.5
@@ -91,7 +90,7 @@ def test_cache_holds_factors_for_every_fold_site(fp32_graphs, cache_path):
 
 def test_the_merge_metric_layer_keeps_its_exported_weights(fp32_graphs, int8_graphs):
     """Smoothing goes only where Q/DQ go: the float out_proj the merge matches on is left as exported."""
-    fp32, int8 = load(fp32_graphs["plugin"]), load(int8_graphs["plugin"])
+    fp32, int8 = onnx.load(fp32_graphs["plugin"]), onnx.load(int8_graphs["plugin"])
     before, after = initializers(fp32), initializers(int8)
     for layer in linear_layers(fp32):
         if layer.feeds_merge:
@@ -101,7 +100,7 @@ def test_the_merge_metric_layer_keeps_its_exported_weights(fp32_graphs, int8_gra
 
 
 def test_a_cache_that_smooths_an_unfoldable_tensor_is_refused(fp32_graphs):
-    model = load(fp32_graphs["plugin"])
+    model = onnx.load(fp32_graphs["plugin"])
     layers = linear_layers(model)
     x_proj = next(layer for layer in layers if layer.role == "x_proj")
     with pytest.raises(UserError, match="cannot fold"):
@@ -110,7 +109,7 @@ def test_a_cache_that_smooths_an_unfoldable_tensor_is_refused(fp32_graphs):
 
 def outputs_of(path, nodes: set[str], images: np.ndarray) -> np.ndarray:
     """The outputs of `nodes`, flattened (a MatMul keeps its output name when Q/DQ go on its inputs)."""
-    model = load(path)
+    model = onnx.load(path)
     names = [node.output[0] for node in model.graph.node if node.name in nodes]
     model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -120,14 +119,13 @@ def outputs_of(path, nodes: set[str], images: np.ndarray) -> np.ndarray:
 def test_smoothing_evens_out_an_outlier_channel(image_folder, image_batch, tmp_path):
     """One norm channel 30x larger (the in_proj columns 30x smaller: the same fp32 model) squeezes every
     other channel of in_proj's input into a few int8 levels; smoothing gives that range back."""
-    torch.manual_seed(0)
-    model = create_model("vim_t", **TINY).eval()
+    model = tiny_vim()
     with torch.no_grad():
         for block in model.layers:
             block.norm.weight[3] *= 30
             block.mixer.in_proj.weight[:, 3] /= 30
     fp32 = export_onnx(model, tmp_path / "model.onnx")
-    in_proj = {layer.node for layer in linear_layers(load(fp32)) if layer.role == "in_proj"}
+    in_proj = {layer.node for layer in linear_layers(onnx.load(fp32)) if layer.role == "in_proj"}
     images = image_batch[:1].numpy()
     expected = outputs_of(fp32, in_proj, images)
     errors = {}
@@ -144,7 +142,7 @@ def test_max_ranges_are_those_of_the_smoothed_activations(fp32_graphs, image_fol
     cache_file = tmp_path / "max.json"
     calibrate(fp32_graphs["plugin"], cache_file, str(image_folder), len(image_batch), "max")
     cache = load_cache(cache_file)
-    model = load(fp32_graphs["plugin"])
+    model = onnx.load(fp32_graphs["plugin"])
     layers = linear_layers(model)
     smoothed = smooth(model, layers, {name: np.array(f, np.float32) for name, f in cache.smoothing.items()})
     names = sorted(cache.amax)

@@ -2,28 +2,16 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from rmeeto_export.data import scan_image_folder
 from rmeeto_export.errors import UserError
-
-
-def write_images(root: Path, layout: dict[str, dict[str, list[str]]]) -> Path:
-    """layout: split -> class -> file names; every file is a small valid PNG whatever its suffix."""
-    for split, classes in layout.items():
-        for name, files in classes.items():
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for file in files:
-                Image.fromarray(np.full((4, 4, 3), 128, np.uint8)).save(folder / file, format="PNG")
-    return root
+from tests.support.images import write_layout
 
 
 def test_labels_follow_sorted_class_names_and_suffixes_are_case_insensitive(tmp_path):
     layout = {split: {"zebra": ["a.JPEG", "b.png"], "ant": ["c.jpg"], "moth": ["d.Png"]} for split in ("train", "val")}
-    root = write_images(tmp_path, layout)
+    root = write_layout(tmp_path, layout)
     (root / "train" / "ant" / "notes.txt").write_text("not an image")
     splits = scan_image_folder(str(root))
     assert splits.classes == ("ant", "moth", "zebra")
@@ -42,7 +30,7 @@ def test_labels_follow_sorted_class_names_and_suffixes_are_case_insensitive(tmp_
     ],
 )
 def test_layout_problems_are_user_errors(tmp_path, layout, message):
-    root = write_images(tmp_path, layout)
+    root = write_layout(tmp_path, layout)
     for split in layout:
         (root / split).mkdir(exist_ok=True)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):

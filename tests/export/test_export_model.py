@@ -19,8 +19,7 @@ from rmeeto_export.export.graph_checks import custom_op_counts, inferred
 from rmeeto_export.export.onnx_export import inline_custom_ops, with_unique_node_names
 from rmeeto_export.export.parity import run_onnx
 from rmeeto_export.models.vim import create_model
-
-from export_test_models import EXPORT_BATCH, SMALL, small_model
+from tests.support.models import TINY_VIM, tiny_vim
 
 VARIANTS = [("fp32", False), ("fp32", True), ("fp16", False), ("fp16", True)]
 VARIANT_IDS = ["fp32-custom", "fp32-portable", "fp16-custom", "fp16-portable"]
@@ -48,7 +47,7 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
 
 def test_custom_graph_has_one_node_per_op_call_with_plugin_attributes(exported, merged_model):
     model = load(exported[("fp32", False)])
-    depth, schedule = SMALL["depth"], merged_model.schedule
+    depth, schedule = TINY_VIM["depth"], merged_model.schedule
     assert custom_op_counts(model) == {SELECTIVE_SCAN: 2 * depth, TOKEN_MERGE: len(schedule.merge_blocks)}
     custom = [node for node in model.graph.node if node.domain == DOMAIN]
     for node in custom:
@@ -65,8 +64,8 @@ def test_custom_graph_has_one_node_per_op_call_with_plugin_attributes(exported, 
 
 
 def test_unmerged_model_exports_without_token_merge(tmp_path):
-    model = load(export_onnx(small_model(merge_r=0), tmp_path / "plain.onnx"))
-    assert custom_op_counts(model) == {SELECTIVE_SCAN: 2 * SMALL["depth"]}
+    model = load(export_onnx(tiny_vim(merge_r=0, spread_logits=True), tmp_path / "plain.onnx"))
+    assert custom_op_counts(model) == {SELECTIVE_SCAN: 2 * TINY_VIM["depth"]}
     assert [f.name for f in model.functions] == [SELECTIVE_SCAN]
 
 
@@ -103,7 +102,7 @@ def test_inlined_graphs_name_every_node_once(exported, precision):
     inlined_later = inline_custom_ops(load(exported[(precision, False)]))  # as the build stage and trt/ do
     for model in (portable, inlined_later):
         names = node_names(model.graph)
-        assert sum(node.op_type == "Scan" for node in model.graph.node) == 2 * SMALL["depth"]
+        assert sum(node.op_type == "Scan" for node in model.graph.node) == 2 * TINY_VIM["depth"]
         assert all(names) and len(set(names)) == len(names)
 
 
@@ -117,14 +116,14 @@ def test_repeated_node_names_get_deterministic_suffixes():
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_graph_passes_full_checker_and_every_tensor_is_static(exported, variant):
+def test_graph_passes_full_checker_and_every_tensor_is_static(exported, export_batch, variant):
     model = load(exported[variant])
     check_graph(model)  # raises on checker errors or any tensor without a static shape
     (graph_input,) = model.graph.input
-    assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [EXPORT_BATCH, 3, 32, 32]
+    assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [export_batch, 3, 32, 32]
     assert graph_input.type.tensor_type.elem_type == FLOAT  # fp16 graphs cast inside
     (graph_output,) = model.graph.output
-    assert [d.dim_value for d in graph_output.type.tensor_type.shape.dim] == [EXPORT_BATCH, SMALL["num_classes"]]
+    assert [d.dim_value for d in graph_output.type.tensor_type.shape.dim] == [export_batch, TINY_VIM["num_classes"]]
 
 
 @pytest.mark.parametrize("portable", [False, True], ids=["custom", "portable"])
@@ -164,7 +163,7 @@ def test_fp16_portable_graph_is_strongly_typed(exported):
     scans = [n for n in nodes if n.op_type == "Scan"]
     assert scans and all(types[name] == FLOAT for n in scans for name in [*n.input, *n.output])
     linears = [n for n in nodes if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
-    assert len(linears) >= 4 * SMALL["depth"]  # in_proj, x_proj, dt_proj, out_proj per block (both directions)
+    assert len(linears) >= 4 * TINY_VIM["depth"]  # in_proj, x_proj, dt_proj, out_proj per block (both directions)
     assert all(types[n.input[0]] == FLOAT16 for n in linears)
     casts_to = {attributes(n)["to"] for n in nodes if n.op_type == "Cast"}
     assert {FLOAT, FLOAT16} <= casts_to
@@ -191,12 +190,12 @@ def test_export_is_byte_identical_in_a_fresh_process(tmp_path):
     """No process-dependent names, addresses or hash orders end up in the file."""
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from export_test_models import small_model; from rmeeto_export.export import export_onnx;"
-        "export_onnx(small_model(), sys.argv[2], portable=True)"
+        "from tests.support.models import tiny_vim; from rmeeto_export.export import export_onnx;"
+        "export_onnx(tiny_vim(spread_logits=True), sys.argv[2], portable=True)"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path / "other.onnx")], env=env, check=True)
-    here = export_onnx(small_model(), tmp_path / "here.onnx", portable=True)
+    subprocess.run([sys.executable, "-c", script, str(Path(__file__).parents[2]), str(tmp_path / "other.onnx")], env=env, check=True)
+    here = export_onnx(tiny_vim(spread_logits=True), tmp_path / "here.onnx", portable=True)
     assert here.read_bytes() == (tmp_path / "other.onnx").read_bytes()
 
 
@@ -224,7 +223,7 @@ def test_bad_options_are_user_errors_and_write_nothing(merged_model, tmp_path, o
 
 
 def test_mamba_ssm_scan_backend_is_refused(tmp_path):
-    model = create_model("vim_t", scan_backend="mamba_ssm", merge_r=2, **SMALL)
+    model = create_model("vim_t", scan_backend="mamba_ssm", merge_r=2, **TINY_VIM)
     with pytest.raises(UserError, match="scan_backend"):
         export_onnx(model, tmp_path / "model.onnx")
     assert not any(tmp_path.iterdir())

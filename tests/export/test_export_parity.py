@@ -9,8 +9,7 @@ import pytest
 
 from rmeeto_export.errors import UserError
 from rmeeto_export.export.parity import TOLERANCES, check_parity, compare_logits
-
-from export_test_models import small_model
+from tests.support.models import tiny_vim
 
 
 def logits(seed: int = 0) -> np.ndarray:
@@ -59,7 +58,7 @@ def test_check_parity_passes_for_the_export_and_is_json_ready(exported, merged_m
 
 
 def test_check_parity_fails_against_another_model(exported, images):
-    other = small_model(seed=1)
+    other = tiny_vim(seed=1, spread_logits=True)
     assert not check_parity(other, exported[("fp32", False)], images, "fp32").passed
 
 
@@ -72,4 +71,4 @@ def test_check_parity_bad_inputs_are_user_errors(exported, merged_model, images,
     with pytest.raises(UserError, match="unknown precision"):
         check_parity(merged_model, path, images, "bf8")
     with pytest.raises(UserError, match="fp32 PyTorch model"):
-        check_parity(small_model().half(), path, images, "fp32")
+        check_parity(tiny_vim(spread_logits=True).half(), path, images, "fp32")

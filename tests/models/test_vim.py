@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from rmeeto_export.errors import UserError
 from rmeeto_export.models import create_model
 from rmeeto_export.models.ops import selective_scan_reference
-
-SMALL = dict(embed_dim=32, depth=4, img_size=32, patch_size=8, num_classes=10)
+from tests.support.models import TINY_VIM
 
 
 def images(batch=2, size=32, seed=0):
@@ -31,7 +30,7 @@ def official_backward_direction(mixer, x, z):
 
 def test_flip_free_backward_direction_equals_the_official_flips():
     torch.manual_seed(0)
-    model = create_model("vim_t", **SMALL).double()
+    model = create_model("vim_t", **TINY_VIM).double()
     mixer = model.layers[1].mixer
     x, z = torch.randn(2, 2, 64, 13, dtype=torch.float64).unbind(0)
     with torch.no_grad():
@@ -53,7 +52,7 @@ def test_registered_variants(name, dim):
 
 
 def test_forward_gives_logits_and_class_token_sits_in_the_middle():
-    model = create_model("vim_t", **SMALL).eval()
+    model = create_model("vim_t", **TINY_VIM).eval()
     x = images()
     logits = model(x)
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
@@ -65,8 +64,8 @@ def test_forward_gives_logits_and_class_token_sits_in_the_middle():
 
 
 def test_merged_model_uses_the_same_weights_and_fewer_tokens():
-    plain = create_model("vim_t", **SMALL).eval()
-    merged = create_model("vim_t", **SMALL, merge_r=3).eval()
+    plain = create_model("vim_t", **TINY_VIM).eval()
+    merged = create_model("vim_t", **TINY_VIM, merge_r=3).eval()
     merged.load_state_dict(plain.state_dict(), strict=True)
     assert merged.schedule.tokens_per_block == (17, 17, 14, 14)
     seen = []
@@ -81,8 +80,8 @@ def test_merged_model_uses_the_same_weights_and_fewer_tokens():
 
 
 def test_no_merge_schedule_is_the_plain_model():
-    plain = create_model("vim_t", **SMALL).eval()
-    zero = create_model("vim_t", **SMALL, merge_r=0).eval()
+    plain = create_model("vim_t", **TINY_VIM).eval()
+    zero = create_model("vim_t", **TINY_VIM, merge_r=0).eval()
     zero.load_state_dict(plain.state_dict())
     x = images()
     with torch.no_grad():
@@ -90,7 +89,7 @@ def test_no_merge_schedule_is_the_plain_model():
 
 
 def test_merged_model_trains_on_cpu():
-    model = create_model("vim_t", **SMALL, merge_r=3, drop_path_rate=0.1).train()
+    model = create_model("vim_t", **TINY_VIM, merge_r=3, drop_path_rate=0.1).train()
     loss = model(images()).logsumexp(-1).mean()
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}

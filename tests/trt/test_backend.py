@@ -6,6 +6,7 @@ import pytest
 from rmeeto_export.errors import UserError
 from rmeeto_export.trt import backend as backend_module
 from rmeeto_export.trt.backend import ensure_rtx_unversioned_library, load_backend
+from tests.support.backends import tensorrt_rtx_or_skip
 
 
 def test_unknown_backend_is_a_user_error():
@@ -33,7 +34,7 @@ def test_requested_backend_missing_is_a_user_error(monkeypatch):
 
 
 def test_auto_prefers_full_tensorrt_then_rtx(monkeypatch):
-    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    tensorrt_rtx_or_skip()
     _hide_modules(monkeypatch, {"tensorrt"})
     chosen = load_backend("auto")
     assert chosen.flavour == "tensorrt-rtx" and chosen.is_rtx
@@ -70,7 +71,7 @@ def test_folder_without_rtx_library_is_left_alone(tmp_path):
 
 
 def test_loading_tensorrt_rtx_provides_the_unversioned_library():
-    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    tensorrt_rtx_or_skip()
     load_backend("tensorrt-rtx")
     libs = backend_module._rtx_wheel_libs_dir()
     if libs is None:

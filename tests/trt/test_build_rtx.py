@@ -4,15 +4,14 @@ import json
 
 import pytest
 
-from handmade_graphs import MERGE_R, TOKENS, write_custom_node_graph, write_standard_graph
 from rmeeto_export.errors import UserError
 from rmeeto_export.trt import build_engine, layers_by_type, read_record
 from rmeeto_export.trt.builder import load_onnx, parse_network
 from rmeeto_export.trt.graph import custom_nodes, plugin_layers
+from tests.support.backends import needs_rtx
+from tests.support.handmade_graphs import MERGE_R, TOKENS, write_custom_node_graph, write_standard_graph
 
-pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx; CI installs it)")
-
-pytestmark = pytest.mark.trt
+pytestmark = needs_rtx
 
 
 def _files(folder):

@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from rmeeto_export.trt.device_buffers import torch_dtype_of, wrap_device_buffer
+from tests.support.backends import tensorrt_rtx_or_skip
 
 
 def test_tensorrt_dtypes_map_to_torch():
-    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    trt = tensorrt_rtx_or_skip()
     assert torch_dtype_of(trt, trt.float16) is torch.float16
     assert torch_dtype_of(trt, trt.bfloat16) is torch.bfloat16
     assert torch_dtype_of(trt, trt.float32) is torch.float32

@@ -1,54 +1,31 @@
-"""TensorRT-RTX builds of a small merged Vim exported by rmeeto_export.export."""
+"""TensorRT-RTX builds of the tiny merged Vim exported by rmeeto_export.export: the custom-node graph
+with our Python plugins, the portable graph, and the INT8 Q/DQ graphs."""
 
 import pytest
 
-pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx; CI installs it)")
+from rmeeto_export.export.graph_checks import custom_op_counts
+from rmeeto_export.trt import build_engine, layers_by_type
+from rmeeto_export.trt.builder import load_onnx, parse_network
+from rmeeto_export.trt.graph import plugin_layers
+from tests.support.backends import needs_rtx
 
-import torch  # noqa: E402
-
-from rmeeto_export.export import export_onnx  # noqa: E402
-from rmeeto_export.export.graph_checks import custom_op_counts  # noqa: E402
-from rmeeto_export.models import create_model  # noqa: E402
-from rmeeto_export.trt import build_engine, layers_by_type  # noqa: E402
-from rmeeto_export.trt.builder import load_onnx, parse_network  # noqa: E402
-from rmeeto_export.trt.graph import plugin_layers  # noqa: E402
-
-pytestmark = pytest.mark.trt
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    """17 tokens, class token at 8, r=2 merged at block 2."""
-    torch.manual_seed(0)
-    return create_model("vim_t", embed_dim=32, depth=4, img_size=32, patch_size=8, num_classes=10, merge_r=2).eval()
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_model):
-    """{(precision, portable): onnx path} of the tiny merged test model."""
-    model = tiny_model
-    folder = tmp_path_factory.mktemp("exported")
-    variants = [("fp32", False), ("fp16", False), ("fp32", True)]
-    return {
-        (precision, portable): export_onnx(model, folder / f"{precision}_{portable}.onnx", precision=precision, portable=portable)
-        for precision, portable in variants
-    }
+pytestmark = needs_rtx
 
 
 @pytest.mark.parametrize("target", ["sm86", "sm89"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_plugin_graph_builds_with_the_python_plugins(exported, rtx, tmp_path, precision, target):
+def test_plugin_graph_builds_with_the_python_plugins(tiny_exports, rtx, tmp_path, precision, target):
     engine_path = tmp_path / "model.engine"
     record = build_engine(
-        exported[(precision, False)], engine_path, backend="tensorrt-rtx", plugins="python", precision=precision, target_cc=target
+        tiny_exports[(precision, False)], engine_path, backend="tensorrt-rtx", plugins="python", precision=precision, target_cc=target
     )
     assert record.target == target and record.precision == precision and record.plugins.is_python
     assert record.engine_bytes == engine_path.stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine", "model.engine.json"]
 
 
-def test_parser_maps_every_custom_node_to_our_plugin(exported, rtx):
-    onnx_path = exported[("fp32", False)]
+def test_parser_maps_every_custom_node_to_our_plugin(tiny_exports, rtx):
+    onnx_path = tiny_exports[("fp32", False)]
     model = load_onnx(onnx_path)
     counts = custom_op_counts(model)
     assert counts == {"SelectiveScan": 2 * 4, "TokenMerge": 1}  # forward + backward scan per block; one merge
@@ -58,22 +35,21 @@ def test_parser_maps_every_custom_node_to_our_plugin(exported, rtx):
     assert mapped == {("rmeeto", "SelectiveScan"), ("rmeeto", "TokenMerge")}
 
 
-def test_function_bodies_are_inlined_without_plugins_even_when_registered(exported, rtx):
-    onnx_path = exported[("fp32", False)]
+def test_function_bodies_are_inlined_without_plugins_even_when_registered(tiny_exports, rtx):
+    onnx_path = tiny_exports[("fp32", False)]
     parsed = parse_network(rtx, load_onnx(onnx_path), onnx_path, with_plugins=False)
     layers = layers_by_type(parsed.network)
     assert "PLUGIN_V3" not in layers
     assert "RECURRENCE" in layers or "LOOP_OUTPUT" in layers  # the scan bodies became TensorRT loops
 
 
-@pytest.mark.parametrize("variant", [("fp32", True), ("fp32", False)], ids=["portable-graph", "custom-graph-inlined"])
-def test_graph_builds_without_plugins(exported, rtx, tmp_path, variant):
-    record = build_engine(exported[variant], tmp_path / "model.engine", backend="tensorrt-rtx", plugins="off")
+def test_custom_node_graph_builds_without_plugins(tiny_exports, rtx, tmp_path):
+    record = build_engine(tiny_exports[("fp32", False)], tmp_path / "model.engine", backend="tensorrt-rtx", plugins="off")
     assert record.plugins is None and record.engine_bytes > 0
 
 
-def test_plugins_receive_the_node_attributes(exported, rtx, tiny_model):
-    onnx_path = exported[("fp32", False)]
+def test_plugins_receive_the_node_attributes(tiny_exports, rtx, tiny_model):
+    onnx_path = tiny_exports[("fp32", False)]
     parsed = parse_network(rtx, load_onnx(onnx_path), onnx_path, with_plugins=True)
     values = {}
     for index in range(parsed.network.num_layers):
@@ -87,3 +63,25 @@ def test_plugins_receive_the_node_attributes(exported, rtx, tiny_model):
     assert values["TokenMerge"] == [{"r": schedule.r, "cls_index": schedule.cls_index_per_block[merge_block - 1]}]
     assert sorted(v["reverse"] for v in values["SelectiveScan"]) == [0] * 4 + [1] * 4
     assert all(v["delta_softplus"] == 1 for v in values["SelectiveScan"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_portable_graph_builds_ahead_of_time_without_a_gpu(tiny_exports, rtx, tmp_path, precision):
+    engine = tmp_path / "model.engine"
+    record = build_engine(tiny_exports[(precision, True)], engine, backend="tensorrt-rtx", plugins="off", precision=precision,
+                          target_cc="sm89")
+    assert record.plugins is None and record.target == "sm89" and record.precision == precision
+    assert engine.stat().st_size == record.engine_bytes > 0
+
+
+@pytest.mark.parametrize("kind, plugins", [("portable", "none"), ("plugin", "python")])
+def test_int8_graph_builds_strongly_typed(int8_graphs, rtx, tmp_path, kind, plugins):
+    """INT8 comes from the graph's Q/DQ pairs (strongly typed), not from an INT8 builder flag."""
+    onnx_path = int8_graphs[kind]
+    layers = layers_by_type(parse_network(rtx, load_onnx(onnx_path), onnx_path, with_plugins=plugins != "none").network)
+    # 25 linear layers, less the out_proj the merge reads: 24 activation and 24 weight Q/DQ pairs
+    assert len(layers["QUANTIZE"]) == len(layers["DEQUANTIZE"]) == 48
+    record = build_engine(onnx_path, tmp_path / "model.engine", backend="tensorrt-rtx", plugins=plugins,
+                          precision="int8", target_cc="sm89")
+    assert record.precision == "int8" and record.flags["strongly_typed"]
+    assert record.engine_bytes == (tmp_path / "model.engine").stat().st_size > 0

@@ -5,15 +5,15 @@ import json
 
 import pytest
 
-from handmade_graphs import write_custom_node_graph
 from rmeeto_export.errors import UserError
-from rmeeto_export.trt import plugins as plugins_module
 from rmeeto_export.trt.backend import Backend
 from rmeeto_export.files import file_sha256
 from rmeeto_export.trt.plugins import PluginSource
 from rmeeto_export.trt.record import BuildRecord, read_record
 from rmeeto_export.trt.runtime import Engine, check_engine_fits, plugin_library_for
 from rmeeto_export.trt.targets import current_gpu
+from tests.support.handmade_graphs import write_custom_node_graph
+from tests.support.backends import tensorrt_rtx_or_skip
 
 
 class _FakeTensorRT:
@@ -51,13 +51,6 @@ def test_engine_for_another_gpu_is_a_user_error():
 def test_engine_without_a_gpu_is_a_user_error():
     with pytest.raises(UserError, match="needs a CUDA GPU"):
         check_engine_fits(_record(), RTX, None)
-
-
-@pytest.fixture
-def no_plugin_library(monkeypatch, tmp_path):
-    monkeypatch.delenv(plugins_module.PLUGIN_LIBRARY_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(plugins_module, "_REPO_ROOT", tmp_path)
 
 
 def test_missing_plugin_library_is_a_user_error(no_plugin_library, tmp_path):
@@ -112,7 +105,7 @@ def _runnable_rtx_gpu():
     gpu = current_gpu()
     if gpu is None:
         pytest.skip("no CUDA GPU: running an engine needs one")
-    rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    rtx = tensorrt_rtx_or_skip()
     if getattr(rtx.ComputeCapability, f"SM{gpu[1][0]}{gpu[1][1]}", None) is None:
         pytest.skip(f"TensorRT-RTX {rtx.__version__} cannot build for this GPU ({gpu[0]}, sm{gpu[1][0]}{gpu[1][1]})")
     return gpu

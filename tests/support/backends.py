@@ -1,0 +1,41 @@
+"""TensorRT backends for the tests: what is installed, the skip reasons, and the backend fixtures."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+RTX_MISSING = "TensorRT-RTX not installed (pip install tensorrt-rtx; CI installs it)"
+HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
+HAS_TENSORRT = HAS_RTX or importlib.util.find_spec("tensorrt") is not None
+
+# For test modules that build engines: `pytestmark = needs_rtx`.
+needs_rtx = [pytest.mark.trt, pytest.mark.skipif(not HAS_RTX, reason=RTX_MISSING)]
+
+
+def tensorrt_rtx_or_skip():
+    """The tensorrt_rtx module, or a skip saying how to install it."""
+    return pytest.importorskip("tensorrt_rtx", reason=RTX_MISSING)
+
+
+@pytest.fixture(scope="session")
+def rtx():
+    """TensorRT-RTX with our Python plugins registered: it builds engines on this GPU-less machine."""
+    tensorrt_rtx_or_skip()
+    from rmeeto_export.trt import load_backend
+    from rmeeto_export.trt.plugins import register_python_plugins
+
+    backend = load_backend("tensorrt-rtx")
+    register_python_plugins(backend)
+    return backend
+
+
+@pytest.fixture
+def no_plugin_library(monkeypatch, tmp_path):
+    """No $RMEETO_TRT_PLUGINS and no build/ folder, wherever the tests run."""
+    from rmeeto_export.trt import plugins as plugins_module
+
+    monkeypatch.delenv(plugins_module.PLUGIN_LIBRARY_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(plugins_module, "_REPO_ROOT", tmp_path)
