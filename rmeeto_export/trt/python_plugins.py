@@ -48,6 +48,8 @@ def accepts_type(trt: ModuleType, plugin_name: str, pos: int, num_inputs: int, t
     if plugin_name == SELECTIVE_SCAN:
         if num_inputs not in _SCAN_INPUT_COUNTS:
             return False
+        if pos >= num_inputs:  # y; with 5 inputs it sits where an 8-input node has D
+            return kind == types[0]
         if pos in _SCAN_FP32_INPUTS:
             return kind == trt.float32
         return kind in activation_types if pos == 0 else kind == types[0]

@@ -168,3 +168,15 @@ def test_plugin_type_rule(plugin, names, accepted):
     verdicts = [accepts_type(rtx, plugin, pos, num_inputs, types) for pos in range(len(types))]
     assert all(verdicts) == accepted
     assert accepted or not verdicts[-1]  # the last type listed is the one rejected
+
+
+@pytest.mark.parametrize("num_inputs", [5, 8])
+@pytest.mark.parametrize("activation", ["float32", "float16", "bfloat16"])
+def test_selective_scan_output_takes_the_activation_type(num_inputs, activation):
+    """y sits at position num_inputs: with 5 inputs that is position 5, D's position in an 8-input node."""
+    rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    names = [activation] * 2 + ["float32"] + [activation] * 2 + (["float32", activation, "float32"] if num_inputs == 8 else [])
+    types = _types(rtx, names + [activation])
+    assert all(accepts_type(rtx, "SelectiveScan", pos, num_inputs, types) for pos in range(num_inputs + 1))
+    other = "float16" if activation != "float16" else "float32"
+    assert not accepts_type(rtx, "SelectiveScan", num_inputs, num_inputs, types[:-1] + _types(rtx, [other]))
