@@ -82,12 +82,25 @@ class Engine:
         if self._engine is None:
             raise UserError(f"TensorRT could not load {self.path}: {' | '.join(self.backend.logger.take_errors())}")
         self._context = self._engine.create_execution_context()
+        self._own_stream = None  # made on the first call from the legacy default stream
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self.input_names = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
 
+    def _launch_stream(self, caller):
+        """The caller's stream, unless it is the legacy default stream (handle 0), which synchronises with
+        every other stream and which TensorRT warns about: then a stream of the engine's own."""
+        import torch
+
+        if caller.cuda_stream != 0:
+            return caller
+        if self._own_stream is None:
+            self._own_stream = torch.cuda.Stream()
+        return self._own_stream
+
     def __call__(self, *inputs, **named_inputs) -> dict:
-        """Runs on the current CUDA stream; inputs by position (engine order) or by name. Returns outputs by name."""
+        """Runs in the order of the current CUDA stream (on a stream of its own when that is the legacy
+        default stream); inputs by position (engine order) or by name. Returns outputs by name."""
         import torch
 
         from rmeeto_export.trt.device_buffers import torch_dtype_of
@@ -111,7 +124,14 @@ class Engine:
             dtype = torch_dtype_of(self.backend.trt, self._engine.get_tensor_dtype(name))
             outputs[name] = torch.empty(tuple(self._context.get_tensor_shape(name)), dtype=dtype, device="cuda")
             self._context.set_tensor_address(name, outputs[name].data_ptr())
-        if not self._context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+        caller = torch.cuda.current_stream()
+        stream = self._launch_stream(caller)
+        if stream is not caller:
+            stream.wait_stream(caller)  # the inputs are written in the caller's order
+        launched = self._context.execute_async_v3(stream.cuda_stream)
+        if stream is not caller:
+            caller.wait_stream(stream)  # and whatever the caller does next sees the outputs
+        if not launched:
             raise RuntimeError(f"TensorRT failed to run {self.path}: {' | '.join(self.backend.logger.take_errors())}")
         return outputs
 
