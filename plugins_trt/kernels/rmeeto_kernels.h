@@ -55,6 +55,10 @@ RMEETO_API int rmeeto_selective_scan_supports_dstate(int32_t dstate);
 
 RMEETO_API size_t rmeeto_selective_scan_workspace_size(int32_t batch, int32_t dim, int32_t dstate, int32_t seqlen);
 
+/* The shape checks rmeeto_selective_scan_fwd makes before launching, for callers that know shapes
+ * early (a TensorRT plugin at build time): SUCCESS, INVALID_ARGUMENT or UNSUPPORTED. */
+RMEETO_API rmeeto_status_t rmeeto_selective_scan_check_shape(int32_t batch, int32_t dim, int32_t dstate, int32_t seqlen);
+
 RMEETO_API rmeeto_status_t rmeeto_selective_scan_fwd(rmeeto_dtype_t dtype, int32_t batch, int32_t dim,
     int32_t dstate, int32_t seqlen, const void* u, const void* delta, const float* A, const void* B, const void* C,
     const float* D, const void* z, const float* delta_bias, int32_t delta_softplus, int32_t reverse, void* out,
@@ -71,6 +75,11 @@ RMEETO_API rmeeto_status_t rmeeto_selective_scan_fwd(rmeeto_dtype_t dtype, int32
 RMEETO_API int32_t rmeeto_token_merge_max_r(int32_t tokens);
 
 RMEETO_API size_t rmeeto_token_merge_workspace_size(int32_t batch, int32_t tokens, int32_t r);
+
+/* The shape and schedule checks rmeeto_token_merge makes before launching (sizes, r, cls_index, and
+ * the compiled limits on tokens and channels): SUCCESS, INVALID_ARGUMENT or UNSUPPORTED. */
+RMEETO_API rmeeto_status_t rmeeto_token_merge_check_shape(int32_t batch, int32_t tokens, int32_t channels, int32_t r,
+    int32_t cls_index);
 
 RMEETO_API rmeeto_status_t rmeeto_token_merge(rmeeto_dtype_t dtype, int32_t batch, int32_t tokens,
     int32_t channels, int32_t r, int32_t cls_index, const void* hidden, const float* residual, const float* size,

@@ -193,20 +193,29 @@ extern "C" size_t rmeeto_selective_scan_workspace_size(int32_t, int32_t, int32_t
     return 0;
 }
 
+extern "C" rmeeto_status_t rmeeto_selective_scan_check_shape(int32_t batch, int32_t dim, int32_t dstate, int32_t seqlen)
+{
+    if (batch <= 0 || dim <= 0 || seqlen <= 0 || batch > 65535) // batch is the grid's y dimension
+    {
+        return RMEETO_STATUS_INVALID_ARGUMENT;
+    }
+    return rmeeto_selective_scan_supports_dstate(dstate) ? RMEETO_STATUS_SUCCESS : RMEETO_STATUS_UNSUPPORTED;
+}
+
 extern "C" rmeeto_status_t rmeeto_selective_scan_fwd(rmeeto_dtype_t dtype, int32_t batch, int32_t dim,
     int32_t dstate, int32_t seqlen, const void* u, const void* delta, const float* A, const void* B, const void* C,
     const float* D, const void* z, const float* delta_bias, int32_t delta_softplus, int32_t reverse, void* out,
     cudaStream_t stream)
 {
     using namespace rmeeto;
-    if (batch <= 0 || dim <= 0 || seqlen <= 0 || batch > 65535 || u == nullptr || delta == nullptr
-        || A == nullptr || B == nullptr || C == nullptr || out == nullptr)
+    if (u == nullptr || delta == nullptr || A == nullptr || B == nullptr || C == nullptr || out == nullptr)
     {
         return RMEETO_STATUS_INVALID_ARGUMENT;
     }
-    if (!rmeeto_selective_scan_supports_dstate(dstate))
+    const rmeeto_status_t shapeStatus = rmeeto_selective_scan_check_shape(batch, dim, dstate, seqlen);
+    if (shapeStatus != RMEETO_STATUS_SUCCESS)
     {
-        return RMEETO_STATUS_UNSUPPORTED;
+        return shapeStatus;
     }
     return dispatchDtype(dtype, [&](auto tag) {
         using T = decltype(tag);

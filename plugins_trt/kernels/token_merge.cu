@@ -401,21 +401,33 @@ extern "C" size_t rmeeto_token_merge_workspace_size(int32_t batch, int32_t token
     return rmeeto::carveWorkspace(batch, rmeeto::MergeShape{tokens, 1, r, 0}, nullptr, nullptr);
 }
 
+extern "C" rmeeto_status_t rmeeto_token_merge_check_shape(
+    int32_t batch, int32_t tokens, int32_t channels, int32_t r, int32_t cls_index)
+{
+    using namespace rmeeto;
+    if (batch <= 0 || batch > 65535 || tokens <= 0 || channels <= 0 || r < 0 || r > rmeeto_token_merge_max_r(tokens)
+        || cls_index < 0 || cls_index >= tokens)
+    {
+        return RMEETO_STATUS_INVALID_ARGUMENT;
+    }
+    return tokens > kMaxTokens || channels > kMaxChannels ? RMEETO_STATUS_UNSUPPORTED : RMEETO_STATUS_SUCCESS;
+}
+
 extern "C" rmeeto_status_t rmeeto_token_merge(rmeeto_dtype_t dtype, int32_t batch, int32_t tokens,
     int32_t channels, int32_t r, int32_t cls_index, const void* hidden, const float* residual, const float* size,
     void* hidden_out, float* residual_out, float* size_out, void* workspace, size_t workspace_bytes,
     cudaStream_t stream)
 {
     using namespace rmeeto;
-    if (batch <= 0 || batch > 65535 || tokens <= 0 || channels <= 0 || r < 0 || r > rmeeto_token_merge_max_r(tokens)
-        || cls_index < 0 || cls_index >= tokens || hidden == nullptr || residual == nullptr || size == nullptr
-        || hidden_out == nullptr || residual_out == nullptr || size_out == nullptr || workspace == nullptr)
+    if (hidden == nullptr || residual == nullptr || size == nullptr || hidden_out == nullptr
+        || residual_out == nullptr || size_out == nullptr || workspace == nullptr)
     {
         return RMEETO_STATUS_INVALID_ARGUMENT;
     }
-    if (tokens > kMaxTokens || channels > kMaxChannels)
+    const rmeeto_status_t shapeStatus = rmeeto_token_merge_check_shape(batch, tokens, channels, r, cls_index);
+    if (shapeStatus != RMEETO_STATUS_SUCCESS)
     {
-        return RMEETO_STATUS_UNSUPPORTED;
+        return shapeStatus;
     }
     const MergeShape shape{tokens, channels, r, cls_index};
     MergeWorkspace ws{};

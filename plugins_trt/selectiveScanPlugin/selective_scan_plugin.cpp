@@ -51,10 +51,24 @@ int32_t SelectiveScanPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc c
     {
         return -1;
     }
-    int64_t const dstate = in[kB].desc.dims.d[1];
-    if (dstate >= 0 && !rmeeto_selective_scan_supports_dstate(static_cast<int32_t>(dstate)))
+    // The profile's largest shape against the kernel's limits: a misfit fails the build, not the first inference.
+    nvinfer1::Dims const& u = in[kU].max;
+    nvinfer1::Dims const& b = in[kB].max;
+    if (u.nbDims != 3 || b.nbDims != 3)
     {
-        logError("SelectiveScan: d_state " + std::to_string(dstate) + " is not compiled (8, 16, 32, 64 are)");
+        return -1;
+    }
+    if (!rmeeto_selective_scan_supports_dstate(static_cast<int32_t>(b.d[1])))
+    {
+        logError("SelectiveScan: d_state " + std::to_string(b.d[1]) + " is not compiled (8, 16, 32, 64 are)");
+        return -1;
+    }
+    rmeeto_status_t const status = rmeeto_selective_scan_check_shape(static_cast<int32_t>(u.d[0]),
+        static_cast<int32_t>(u.d[1]), static_cast<int32_t>(b.d[1]), static_cast<int32_t>(u.d[2]));
+    if (status != RMEETO_STATUS_SUCCESS)
+    {
+        logError("SelectiveScan: batch " + std::to_string(u.d[0]) + ", " + std::to_string(u.d[1]) + " channels, length "
+            + std::to_string(u.d[2]) + ": " + rmeeto_status_string(status));
         return -1;
     }
     mNbInputs = nbInputs;

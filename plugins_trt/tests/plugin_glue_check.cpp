@@ -186,6 +186,10 @@ void checkSelectiveScanBuild()
 
     auto ok = descs(types, shapes);
     check(b.configurePlugin(ok.data(), 8, ok.data() + 8, 1) == 0, "configure with d_state 16");
+    auto hugeBatch = descs(types, shapes);
+    hugeBatch[SelectiveScanPlugin::kU].max.d[0] = 65536;
+    check(b.configurePlugin(hugeBatch.data(), 8, hugeBatch.data() + 8, 1) != 0,
+        "configure rejects a profile batch of 65536 (the kernel's grid takes 65535)");
     shapes[SelectiveScanPlugin::kB][1] = 12;
     auto odd = descs(types, shapes);
     check(b.configurePlugin(odd.data(), 8, odd.data() + 8, 1) != 0, "configure rejects d_state 12 (not compiled)");
@@ -225,6 +229,26 @@ void checkTokenMergeBuild()
     auto tooMany = create("TokenMerge", {{"r", 99}, {"cls_index", 98}});
     check(build(*tooMany).configurePlugin(ok.data(), 3, ok.data() + 3, 3) != 0,
         "configure rejects r=99 for 197 tokens (98 sources)");
+
+    // The kernels' size limits fail the build, not the first inference.
+    struct Oversized
+    {
+        int32_t dim;
+        int64_t value;
+        char const* what;
+    };
+    for (Oversized const& big : {Oversized{0, 65536, "a profile batch of 65536"},
+             Oversized{1, 7000, "7000 tokens (the plan kernel's shared memory holds 6826)"},
+             Oversized{2, 10241, "10241 channels (a score row holds 10240)"}})
+    {
+        std::vector<std::vector<int64_t>> bigShapes = shapes;
+        for (int32_t i = 0; i < 3; ++i)
+        {
+            bigShapes[i][big.dim] = big.value;
+        }
+        auto io = descs(types, bigShapes);
+        check(b.configurePlugin(io.data(), 3, io.data() + 3, 3) != 0, std::string("configure rejects ") + big.what);
+    }
 }
 
 } // namespace

@@ -54,12 +54,21 @@ int32_t TokenMergePlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc cons
     {
         return -1;
     }
-    // Token counts are static in an exported graph; check the schedule against them at build time.
-    int64_t const tokens = in[kHidden].desc.dims.d[1];
-    if (tokens >= 0 && (r() > rmeeto_token_merge_max_r(static_cast<int32_t>(tokens)) || clsIndex() >= tokens))
+    // The profile's largest shape against the schedule (r, cls_index) and the kernels' limits on batch,
+    // tokens and channels: a misfit fails the build, not the first inference.
+    nvinfer1::Dims const& hidden = in[kHidden].max;
+    if (hidden.nbDims != 3)
     {
-        logError("TokenMerge: r=" + std::to_string(r()) + " cls_index=" + std::to_string(clsIndex())
-            + " do not fit " + std::to_string(tokens) + " tokens (need r <= min(T/2, T-2), cls_index < T)");
+        return -1;
+    }
+    rmeeto_status_t const status = rmeeto_token_merge_check_shape(static_cast<int32_t>(hidden.d[0]),
+        static_cast<int32_t>(hidden.d[1]), static_cast<int32_t>(hidden.d[2]), r(), clsIndex());
+    if (status != RMEETO_STATUS_SUCCESS)
+    {
+        logError("TokenMerge: batch " + std::to_string(hidden.d[0]) + ", " + std::to_string(hidden.d[1]) + " tokens, "
+            + std::to_string(hidden.d[2]) + " channels, r=" + std::to_string(r()) + " cls_index="
+            + std::to_string(clsIndex()) + ": " + rmeeto_status_string(status)
+            + " (need r <= min(T/2, T-2), cls_index < T)");
         return -1;
     }
     return 0;
