@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench plugins plugins-rtx bench-gpu clean
+.PHONY: install demo test bench plugins plugins-rtx bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ plugins-rtx: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/bench_kernels_gpu.py
+
+# For a machine with a CUDA GPU, PyTorch, cmake and nvcc: builds the kernels for that GPU, runs the GPU
+# tests and the GPU benchmarks, writes build/gpu-check/gpu_check.json. Installs nothing and uses no .venv.
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m benchmarks.gpu_check
 
 clean:
 	rm -rf build out
