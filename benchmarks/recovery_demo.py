@@ -55,15 +55,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rmeeto_export.data import AugmentSettings, MixSettings
 from rmeeto_export.merge import rmeeto as merge_module
 from rmeeto_export.models import create_model, ops
 from rmeeto_export.pipelines.retrain import RetrainConfig, retrain
+from rmeeto_export.pipelines.settings import ModelSettings, RetrainSettings
 
 MODEL = "vim_t"
 MODEL_OVERRIDES = {"embed_dim": 32, "depth": 6, "img_size": 32, "patch_size": 4, "d_state": 8}
 DIGIT_SIZE = 24  # pixels the 8x8 digit is upsampled to, centred on the black img_size canvas
-DIGIT_AUGMENT = AugmentSettings(crop_scale=(0.5, 1.0), hflip=0.0, erase_prob=0.0)
+DIGIT_AUGMENT = dict(crop_scale_min=0.5, hflip=0.0, reprob=0.0)
 VAL_FRACTION = 0.3
 
 
@@ -132,14 +132,14 @@ def main() -> None:
         data = work / "digits"
         if not (data / "val").is_dir():
             write_digits(data, MODEL_OVERRIDES["img_size"], DIGIT_SIZE, args.seed)
-        common = dict(model=MODEL, data=str(data), batch_size=args.batch_size, workers=0, seed=args.seed,
-                      log_every=10**9, model_overrides=MODEL_OVERRIDES)
-        run_cached(RetrainConfig(
-            **common, out=str(work / "scratch"), epochs=args.scratch_epochs, lr=args.scratch_lr, distill_weight=0.0,
-            drop_path=0.0, augment=DIGIT_AUGMENT, mix=MixSettings(mixup_alpha=0.0, cutmix_alpha=0.0),
-        ))
-        recovery = RetrainConfig(**common, out=str(work / f"merge-r{args.r}"), weights=str(work / "scratch" / "model.pth"),
-                                 merge_r=args.r, epochs=args.retrain_epochs, lr=args.retrain_lr, augment=DIGIT_AUGMENT)
+        model = ModelSettings(name=MODEL, seed=args.seed, overrides=MODEL_OVERRIDES)
+        common = dict(data=str(data), batch_size=args.batch_size, workers=0, log_every=10**9, **DIGIT_AUGMENT)
+        run_cached(RetrainConfig(model, RetrainSettings(
+            **common, epochs=args.scratch_epochs, lr=args.scratch_lr, distill_weight=0.0, drop_path=0.0, mixup=0.0,
+            cutmix=0.0), out=str(work / "scratch")))
+        recovery = RetrainConfig(
+            dataclasses.replace(model, weights=str(work / "scratch" / "model.pth"), r=args.r),
+            RetrainSettings(**common, epochs=args.retrain_epochs, lr=args.retrain_lr), out=str(work / f"merge-r{args.r}"))
         merging = accuracies(run_cached(recovery))
         pruning = None
         if hasattr(merge_module, "prune_tokens"):

@@ -1,8 +1,16 @@
-"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+"""Error types: what the CLI prints as one line, and what it lets through with a traceback.
+
+UserError: bad input or environment the user can fix; the CLI prints `error: <message>` and exits 1.
+InternalError: a broken invariant, i.e. a bug in rmeeto-export; the CLI keeps its traceback.
+"""
 
 
 class UserError(Exception):
     """Bad input or environment the user can fix: the message says what and how."""
+
+
+class InternalError(Exception):
+    """A broken invariant: a bug in rmeeto-export, not bad input, so it keeps its traceback."""
 
 
 def first_line(err: BaseException) -> str:

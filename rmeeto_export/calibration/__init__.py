@@ -4,20 +4,19 @@ TensorRT 11 has no implicit INT8 calibration; precision lives in the graph (DESI
 API for the build pipeline:
     calibrate(onnx_path, cache_path, images, num=512, method="percentile") -> {tensor: scale}
     quantize(onnx_path, cache_path, out_path) -> Path       # the INT8 Q/DQ graph
-    quantize_build_folder(out_dir, images, num, method)     # both graphs of a build folder
+    quantize_graphs({fp32: int8}, cache_path, settings)    # the INT8 twins of a build folder's graphs
     check_int8_parity(model, int8_onnx, images) -> Int8Parity
     linear_layers(onnx_model) -> [LinearLayer]              # what gets quantised
 """
 
 from rmeeto_export.calibration.cache import CalibrationCache, load_cache
 from rmeeto_export.calibration.collect import DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, METHODS, calibrate
-from rmeeto_export.calibration.folder import CACHE_NAME, int8_name, quantize_build_folder
+from rmeeto_export.calibration.folder import quantize_graphs
 from rmeeto_export.calibration.layers import ROLES, LinearLayer, linear_layers
 from rmeeto_export.calibration.parity import Int8Parity, Int8Tolerance, check_int8_parity
 from rmeeto_export.calibration.qdq import quantize, quantize_model
 
 __all__ = [
-    "CACHE_NAME",
     "DEFAULT_NUM_IMAGES",
     "DEFAULT_PERCENTILE",
     "METHODS",
@@ -28,10 +27,9 @@ __all__ = [
     "LinearLayer",
     "calibrate",
     "check_int8_parity",
-    "int8_name",
     "linear_layers",
     "load_cache",
     "quantize",
-    "quantize_build_folder",
+    "quantize_graphs",
     "quantize_model",
 ]

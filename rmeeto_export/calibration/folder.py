@@ -1,46 +1,26 @@
-"""INT8 in a build folder: calibrate on the fp32 graphs `build` wrote, then write their INT8 twins.
+"""INT8 twins of a build folder's fp32 graphs: calibrate once on the first graph, quantise each.
 
-    DIR/model.onnx, DIR/model.portable.onnx      fp32, from `rmeeto-export build`
-    DIR/calibration.json                         the scale cache (shared by both graphs)
-    DIR/model.int8.onnx, DIR/model.portable.int8.onnx
+The build folder (its file names, where the stage writes) is rmeeto_export.pipelines.folder's; this
+module only turns fp32 graphs into INT8 ones with the calibration settings it is given.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
-from rmeeto_export.calibration.collect import DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, calibrate
+from rmeeto_export.calibration.collect import calibrate
 from rmeeto_export.calibration.qdq import quantize
-from rmeeto_export.calibration.smoothing import DEFAULT_ALPHA
-from rmeeto_export.errors import UserError
 
-FP32_GRAPHS = ("model.onnx", "model.portable.onnx")
-CACHE_NAME = "calibration.json"
+if TYPE_CHECKING:
+    from rmeeto_export.pipelines.settings import CalibrationSettings
 
 
-def int8_name(fp32_name: str) -> str:
-    """model.onnx -> model.int8.onnx, model.portable.onnx -> model.portable.int8.onnx."""
-    return fp32_name.removesuffix(".onnx") + ".int8.onnx"
-
-
-def quantize_build_folder(
-    out_dir: Path,
-    images: str,
-    num: int = DEFAULT_NUM_IMAGES,
-    method: str = "percentile",
-    *,
-    percentile: float = DEFAULT_PERCENTILE,
-    smoothing_alpha: Optional[float] = DEFAULT_ALPHA,
-    force: bool = False,
-    quantize_merge_inputs: bool = False,
-) -> list[Path]:
-    """Calibrate (or reuse DIR/calibration.json) and write the INT8 graph of each fp32 graph in `out_dir`."""
-    graphs = [out_dir / name for name in FP32_GRAPHS if (out_dir / name).is_file()]
-    if not graphs:
-        raise UserError(f"{out_dir} has no {' or '.join(FP32_GRAPHS)}: run `rmeeto-export build --out {out_dir}` first")
-    cache = out_dir / CACHE_NAME
+def quantize_graphs(twins: dict[Path, Path], cache: Path, settings: "CalibrationSettings", force: bool = False) -> None:
+    """Calibrate (or reuse `cache` made with the same settings and weights), then write `twins[graph]` for each graph."""
+    graphs = list(twins)
     # One calibration serves every graph: the twins share the quantised tensors and weights.
-    calibrate(graphs[0], cache, images, num, method, percentile=percentile, smoothing_alpha=smoothing_alpha, force=force)
-    return [quantize(graph, cache, out_dir / int8_name(graph.name), quantize_merge_inputs=quantize_merge_inputs)
-            for graph in graphs]
+    calibrate(graphs[0], cache, settings.data, settings.num, settings.method, percentile=settings.percentile,
+              smoothing_alpha=settings.alpha, force=force)
+    for graph, twin in twins.items():
+        quantize(graph, cache, twin, quantize_merge_inputs=settings.quantize_merge_inputs)

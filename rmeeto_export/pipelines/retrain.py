@@ -58,15 +58,16 @@ from rmeeto_export.errors import UserError, first_line
 from rmeeto_export.files import atomic_open, write_json_atomic
 from rmeeto_export.models import Vim, create_model
 from rmeeto_export.models.weights import check_state_dict, read_state_dict
+from rmeeto_export.pipelines.settings import ModelSettings, RetrainSettings, check_teacher, from_options
+from rmeeto_export.pipelines.settings import options as settings_options
 
 CHECKPOINT_NAME = "checkpoint.pth"
 WEIGHTS_NAME = "model.pth"
 METRICS_NAME = "metrics.json"
 LR_REFERENCE_BATCH = 512
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # keys: settings.AMP_CHOICES
 # Settings that do not change what is computed; a resumed run may change them freely.
-RUNTIME_FIELDS = frozenset({"data", "weights", "out", "resume", "workers", "log_every", "device"})
+RUNTIME_FIELDS = frozenset({"data", "weights", "workers", "log_every", "device"})
 _TORCH_STREAM = 2  # seed streams, apart from the data loader's 0 (order) and 1 (augmentation)
 _MIX_STREAM = 3
 
@@ -75,32 +76,12 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class RetrainConfig:
-    """Every recipe setting, with the official R-MeeTo values as defaults."""
+    """One re-training run: the model and recipe settings `build` shares, and where the run writes."""
 
-    model: str
-    data: str
-    weights: Optional[str] = None
-    ratio: Optional[float] = None
-    merge_r: Optional[int] = None
-    epochs: int = 3
-    batch_size: int = 128  # per process: the official scripts ran 4 GPUs x 128 = 512
+    model: ModelSettings
+    training: RetrainSettings
     out: str = "retrain-out"
     resume: bool = False
-    lr: float = 2e-5  # at a global batch of 512, scaled linearly with it
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    distill_weight: float = 0.5
-    drop_path: float = 0.1
-    ema: bool = False
-    ema_decay: float = 0.99996
-    augment: AugmentSettings = AugmentSettings()
-    mix: MixSettings = MixSettings()
-    amp: str = "none"  # the official recipe trains in fp32
-    device: str = "auto"
-    workers: int = 8
-    seed: int = 0
-    log_every: int = 50
-    model_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,27 +108,11 @@ class Processes:
 
 
 def check_config(config: RetrainConfig) -> None:
-    positive = {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr, "log_every": config.log_every}
-    for name, value in positive.items():
-        if value <= 0:
-            raise UserError(f"{name} must be positive, got {value}")
-    if config.ratio is not None and config.merge_r is not None:
-        raise UserError("give --ratio or --r, not both")
-    if config.min_lr < 0:
-        raise UserError(f"min_lr must not be negative, got {config.min_lr}")
-    if not 0 <= config.drop_path < 1:
-        raise UserError(f"drop_path must be in [0, 1), got {config.drop_path}")
-    if not 0 < config.ema_decay < 1:
-        raise UserError(f"ema_decay must be in (0, 1), got {config.ema_decay}")
-    if config.distill_weight < 0 or config.weight_decay < 0 or config.workers < 0:
-        raise UserError("distill_weight, weight_decay and workers must not be negative")
-    if config.amp not in AMP_DTYPES:
-        raise UserError(f"unknown amp {config.amp!r}; choose one of {', '.join(AMP_DTYPES)}")
-    if config.device not in DEVICES:
-        raise UserError(f"unknown device {config.device!r}; choose one of {', '.join(DEVICES)}")
-    if config.distill_weight > 0 and config.weights is None:
-        raise UserError("distillation needs --weights (the teacher is the unmerged model with those weights); "
-                        "use --distill-weight 0 to train from scratch")
+    config.model.check()
+    config.training.check()
+    if config.training.data is None:
+        raise UserError("re-training needs --data (an ImageFolder root with train/ and val/)")
+    check_teacher(config.model, config.training)
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -176,8 +141,8 @@ def seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def read_teacher_state(weights: str, num_classes: int) -> dict[str, Tensor]:
-    state = read_state_dict(weights)
+def read_teacher_state(weights: str, num_classes: int, use_ema: bool) -> dict[str, Tensor]:
+    state = read_state_dict(weights, use_ema)
     head = state.get("head.weight")
     if head is not None and head.shape[0] != num_classes:
         raise UserError(f"{weights} has a {head.shape[0]}-class head, but the dataset has {num_classes} class "
@@ -195,15 +160,15 @@ def read_ema_state(weights: str) -> Optional[dict[str, Tensor]]:
 
 def build_models(config: RetrainConfig, num_classes: int, state: Optional[dict[str, Tensor]]) -> tuple[Vim, Vim]:
     """(student: merged, with drop path; unmerged: same weights, eval mode, frozen)."""
-    requested = config.model_overrides.get("num_classes", num_classes)
+    requested = config.model.overrides.get("num_classes", num_classes)
     if requested != num_classes:
-        raise UserError(f"the model is asked for {requested} classes, but {config.data} has {num_classes} class folders")
-    common = {**config.model_overrides, "num_classes": num_classes}
-    student = create_model(config.model, merge_ratio=config.ratio, merge_r=config.merge_r,
-                           drop_path_rate=config.drop_path, **common)
-    unmerged = create_model(config.model, **common)
+        raise UserError(f"the model is asked for {requested} classes, but {config.training.data} has {num_classes} class folders")
+    common = {**config.model.overrides, "num_classes": num_classes}
+    student = create_model(config.model.name, merge_ratio=config.model.ratio, merge_r=config.model.r,
+                           drop_path_rate=config.training.drop_path, **common)
+    unmerged = create_model(config.model.name, **common)
     if state is not None:
-        check_state_dict(student, state, config.weights)
+        check_state_dict(student, state, config.model.weights)
         student.load_state_dict(state, strict=True)
     unmerged.load_state_dict(student.state_dict(), strict=True)
     unmerged.eval().requires_grad_(False)
@@ -266,8 +231,9 @@ def save_torch(obj: Any, path: Path) -> None:
 
 def recipe_fingerprint(config: RetrainConfig, world_size: int) -> str:
     """What a resumed run must share with the run that wrote the checkpoint (the global batch included)."""
-    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_FIELDS}
-    recipe["global_batch"] = config.batch_size * world_size
+    settings = {**dataclasses.asdict(config.model), **dataclasses.asdict(config.training)}
+    recipe = {k: v for k, v in settings.items() if k not in RUNTIME_FIELDS}
+    recipe["global_batch"] = config.training.batch_size * world_size
     del recipe["batch_size"]
     return json.dumps(recipe, sort_keys=True)
 
@@ -319,10 +285,10 @@ def evaluate(model: nn.Module, dataset: ImageSamples, config: RetrainConfig, pro
     """Top-1 / top-5 accuracy (percent) over the whole val split, shared out over the processes."""
     was_training = model.training
     model.eval()
-    batches = eval_batches(len(dataset), config.batch_size, processes.world_size, processes.rank)
+    batches = eval_batches(len(dataset), config.training.batch_size, processes.world_size, processes.rank)
     correct1 = correct5 = seen = 0.0
-    for images, labels in batches_on(make_loader(dataset, batches, config.workers), processes.device):
-        with autocast(processes.device, config.amp):
+    for images, labels in batches_on(make_loader(dataset, batches, config.training.workers), processes.device):
+        with autocast(processes.device, config.training.amp):
             logits = model(images)
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         hits = top == labels[:, None]
@@ -352,29 +318,29 @@ class Trainer:
     log: Log
 
     def loss(self, images: Tensor, targets: Tensor) -> Tensor:
-        with autocast(self.processes.device, self.config.amp):
+        with autocast(self.processes.device, self.config.training.amp):
             logits = self.student(images)
             loss = soft_target_cross_entropy(logits, targets)
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_logits = self.teacher(images)
-                loss = loss + self.config.distill_weight * distillation_kl(logits, teacher_logits)
+                loss = loss + self.config.training.distill_weight * distillation_kl(logits, teacher_logits)
         return loss
 
     def train_epoch(self, epoch: int, dataset: ImageSamples) -> dict[str, float]:
         config, processes = self.config, self.processes
-        torch.manual_seed(seed_for(config.seed, epoch, processes.rank, _TORCH_STREAM))  # drop path
-        batches = train_batches(len(dataset), config.batch_size, processes.world_size, processes.rank, config.seed, epoch)
+        torch.manual_seed(seed_for(config.model.seed, epoch, processes.rank, _TORCH_STREAM))  # drop path
+        batches = train_batches(len(dataset), config.training.batch_size, processes.world_size, processes.rank, config.model.seed, epoch)
         self.student.train()
         started = interval_start = time.perf_counter()
         loss_sum, interval_steps = 0.0, 0
-        for step, (images, labels) in enumerate(batches_on(make_loader(dataset, batches, config.workers), processes.device)):
+        for step, (images, labels) in enumerate(batches_on(make_loader(dataset, batches, config.training.workers), processes.device)):
             global_step = epoch * self.steps_per_epoch + step
-            lr = cosine_lr(global_step, config.epochs * self.steps_per_epoch, self.peak_lr, config.min_lr)
+            lr = cosine_lr(global_step, config.training.epochs * self.steps_per_epoch, self.peak_lr, config.training.min_lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            mix_rng = np.random.default_rng([config.seed, epoch, processes.rank, step, _MIX_STREAM])
-            images, targets = mix_batch(images, labels, self.num_classes, config.mix, mix_rng)
+            mix_rng = np.random.default_rng([config.model.seed, epoch, processes.rank, step, _MIX_STREAM])
+            images, targets = mix_batch(images, labels, self.num_classes, config.training.mix, mix_rng)
             loss = self.loss(images, targets)
             if not torch.isfinite(loss):
                 raise UserError(f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1}; lower --lr or use --amp none")
@@ -386,14 +352,14 @@ class Trainer:
                 self.ema.update(self.student_module)
             loss_sum += loss.item()
             interval_steps += 1
-            if processes.is_main and (step + 1) % config.log_every == 0:
+            if processes.is_main and (step + 1) % config.training.log_every == 0:
                 now = time.perf_counter()
-                rate = interval_steps * config.batch_size * processes.world_size / (now - interval_start)
-                self.log(f"epoch {epoch + 1}/{config.epochs} step {step + 1}/{self.steps_per_epoch} "
+                rate = interval_steps * config.training.batch_size * processes.world_size / (now - interval_start)
+                self.log(f"epoch {epoch + 1}/{config.training.epochs} step {step + 1}/{self.steps_per_epoch} "
                          f"loss {loss.item():.4f} lr {lr:.3g} {rate:.1f} images/s")
                 interval_start, interval_steps = now, 0
         elapsed = time.perf_counter() - started
-        images_seen = self.steps_per_epoch * config.batch_size * processes.world_size
+        images_seen = self.steps_per_epoch * config.training.batch_size * processes.world_size
         (mean_loss,) = sum_over_processes([loss_sum / self.steps_per_epoch], processes)
         return {"loss": mean_loss / processes.world_size, "images_per_s": images_seen / elapsed, "seconds": elapsed}
 
@@ -437,9 +403,9 @@ def record(history: list[dict[str, Any]], entry: dict[str, Any], processes: Proc
 
 def make_trainer(config: RetrainConfig, processes: Processes, student: Vim, teacher: Optional[Vim],
                  num_classes: int, num_train: int, log: Log) -> Trainer:
-    global_batch = config.batch_size * processes.world_size
-    peak_lr = scaled_lr(config.lr, global_batch)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=peak_lr, weight_decay=config.weight_decay)
+    global_batch = config.training.batch_size * processes.world_size
+    peak_lr = scaled_lr(config.training.lr, global_batch)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=peak_lr, weight_decay=config.training.weight_decay)
     wrapped: nn.Module = student
     if processes.world_size > 1:
         device_ids = [processes.device.index] if processes.device.type == "cuda" else None
@@ -451,8 +417,8 @@ def make_trainer(config: RetrainConfig, processes: Processes, student: Vim, teac
         student_module=student,
         teacher=teacher,
         optimizer=optimizer,
-        scaler=torch.amp.GradScaler(processes.device.type, enabled=config.amp == "fp16"),
-        ema=ExponentialAverage(student, config.ema_decay) if config.ema else None,
+        scaler=torch.amp.GradScaler(processes.device.type, enabled=config.training.amp == "fp16"),
+        ema=ExponentialAverage(student, config.training.ema_decay) if config.training.ema else None,
         num_classes=num_classes,
         steps_per_epoch=steps_per_epoch(num_train, global_batch),
         peak_lr=peak_lr,
@@ -467,12 +433,12 @@ def print_progress(message: str) -> None:
 def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
     """Fine-tune the merged model (see the module docstring); returns the final weights' path and accuracies."""
     check_config(config)
-    processes = start_processes(config.device)
-    if config.amp != "none" and processes.device.type != "cuda":
+    processes = start_processes(config.training.device)
+    if config.training.amp != "none" and processes.device.type != "cuda":
         raise UserError("--amp bf16/fp16 needs a CUDA GPU; on CPU train in fp32 (--amp none)")
-    splits: ImageFolderSplits = scan_image_folder(config.data)
-    state = read_teacher_state(config.weights, splits.num_classes) if config.weights else None
-    torch.manual_seed(config.seed)  # the initialisation of a run without --weights is reproducible too
+    splits: ImageFolderSplits = scan_image_folder(config.training.data)
+    state = read_teacher_state(config.model.weights, splits.num_classes, config.model.ema_weights) if config.model.weights else None
+    torch.manual_seed(config.model.seed)  # the initialisation of a run without --weights is reproducible too
     student, unmerged = build_models(config, splits.num_classes, state)
     del state
     student.to(processes.device)
@@ -487,21 +453,21 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
         out.mkdir(parents=True, exist_ok=True)
 
     size = student.cfg.img_size
-    train_set = ImageSamples(splits.train, size, config.augment, config.seed)
-    val_set = ImageSamples(splits.val, size, None, config.seed)
-    check_enough_images(len(train_set), config.batch_size, processes.world_size)  # before any evaluation
-    teacher = unmerged if config.distill_weight > 0 else None
+    train_set = ImageSamples(splits.train, size, config.training.augment, config.model.seed)
+    val_set = ImageSamples(splits.val, size, None, config.model.seed)
+    check_enough_images(len(train_set), config.training.batch_size, processes.world_size)  # before any evaluation
+    teacher = unmerged if config.training.distill_weight > 0 else None
     trainer = make_trainer(config, processes, student, teacher, splits.num_classes, len(train_set), log)
     if processes.is_main:
         schedule = student.schedule
-        log(f"re-training {config.model} (r={schedule.r}, tokens {schedule.tokens_per_block[0]} -> "
+        log(f"re-training {config.model.name} (r={schedule.r}, tokens {schedule.tokens_per_block[0]} -> "
             f"{schedule.tokens_per_block[-1]}) on {len(train_set)} images, {splits.num_classes} classes, "
             f"{processes.world_size} process(es) on {processes.device.type}, global batch "
-            f"{config.batch_size * processes.world_size}, lr {trainer.peak_lr:.3g}")
+            f"{config.training.batch_size * processes.world_size}, lr {trainer.peak_lr:.3g}")
 
-    ema_state = read_ema_state(config.weights) if trainer.ema is not None and config.weights else None
+    ema_state = read_ema_state(config.model.weights) if trainer.ema is not None and config.model.weights else None
     if ema_state is not None:  # as the official recipe: the EMA continues the released one
-        check_state_dict(trainer.ema.model, ema_state, f"{config.weights} (model_ema)")
+        check_state_dict(trainer.ema.model, ema_state, f"{config.model.weights} (model_ema)")
         trainer.ema.model.load_state_dict(ema_state, strict=True)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -516,7 +482,7 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
             record(history, {"stage": "merged", **evaluate(student, val_set, config, processes)}, processes, log)
     del unmerged  # the trainer keeps it as the teacher when distilling
 
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, config.training.epochs):
         stats = trainer.train_epoch(epoch, train_set)
         evaluated = trainer.ema.model if trainer.ema is not None else student
         accuracy = evaluate(evaluated, val_set, config, processes)
@@ -541,81 +507,17 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
 # Command line (the lead adds it to the CLI group with main.add_command(retrain_command))
 
 
-def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """KEY=VALUE model overrides; values are int, else float, else string."""
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise UserError(f"--override wants KEY=VALUE, got {pair!r}")
-        for parse in (int, float, str):
-            with contextlib.suppress(ValueError):
-                overrides[key] = parse(text)
-                break
-    return overrides
-
-
-_DEFAULTS = RetrainConfig(model="vim_b", data="")
-_AUGMENT, _MIX = AugmentSettings(), MixSettings()
-_PROBABILITY = click.FloatRange(0, 1)
-
-
 @click.command("retrain")
-@click.option("--model", "model_name", default=_DEFAULTS.model, show_default=True, help="vim_t, vim_s or vim_b")
-@click.option("--ratio", type=float, default=None, help="R-MeeTo reduction ratio, e.g. 0.31")
-@click.option("--r", "--merge-r", "merge_r", type=int, default=None,
-              help="tokens merged per merge step (instead of --ratio); under torchrun write --merge-r")
-@click.option("--weights", default=None, help="checkpoint to start from (.pth/.safetensors, hf://...); also the teacher")
-@click.option("--data", required=True, help="ImageFolder root with train/<class>/ and val/<class>/")
-@click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS.epochs, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True,
-              help="per process; the learning rate scales with the global batch")
-@click.option("--out", default=_DEFAULTS.out, show_default=True, help="folder for checkpoint.pth, model.pth, metrics.json")
+@settings_options(ModelSettings, RetrainSettings)
+@click.option("--out", default=RetrainConfig.out, show_default=True, help="folder for checkpoint.pth, model.pth, metrics.json")
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint.pth")
-@click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True, help="at global batch 512")
-@click.option("--min-lr", type=float, default=_DEFAULTS.min_lr, show_default=True, help="end of the cosine schedule")
-@click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay, show_default=True)
-@click.option("--distill-weight", type=float, default=_DEFAULTS.distill_weight, show_default=True,
-              help="weight of KL(teacher || student); 0 trains without a teacher")
-@click.option("--drop-path", type=float, default=_DEFAULTS.drop_path, show_default=True)
-@click.option("--ema/--no-ema", default=_DEFAULTS.ema, show_default=True, help="keep an EMA of the weights (Vim-B recipe)")
-@click.option("--ema-decay", type=float, default=_DEFAULTS.ema_decay, show_default=True)
-@click.option("--mixup", type=click.FloatRange(min=0), default=_MIX.mixup_alpha, show_default=True, help="mixup alpha, 0 = off")
-@click.option("--cutmix", type=click.FloatRange(min=0), default=_MIX.cutmix_alpha, show_default=True, help="cutmix alpha, 0 = off")
-@click.option("--mixup-prob", type=_PROBABILITY, default=_MIX.prob, show_default=True)
-@click.option("--mixup-switch-prob", type=_PROBABILITY, default=_MIX.switch_prob, show_default=True)
-@click.option("--smoothing", type=_PROBABILITY, default=_MIX.smoothing, show_default=True, help="label smoothing")
-@click.option("--crop-scale-min", type=click.FloatRange(0, 1, min_open=True), default=_AUGMENT.crop_scale[0], show_default=True,
-              help="smallest area fraction of RandomResizedCrop")
-@click.option("--hflip", type=_PROBABILITY, default=_AUGMENT.hflip, show_default=True, help="horizontal flip probability")
-@click.option("--reprob", type=_PROBABILITY, default=_AUGMENT.erase_prob, show_default=True, help="random erasing probability")
-@click.option("--amp", type=click.Choice(list(AMP_DTYPES)), default=_DEFAULTS.amp, show_default=True,
-              help="mixed precision on CUDA")
-@click.option("--device", type=click.Choice(DEVICES), default=_DEFAULTS.device, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=_DEFAULTS.workers, show_default=True,
-              help="data loader processes per training process")
-@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
-@click.option("--log-every", type=click.IntRange(min=1), default=_DEFAULTS.log_every, show_default=True, help="steps")
-@click.option("--override", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="model config override, e.g. img_size=256 (repeatable)")
-def retrain_command(model_name: str, ratio: Optional[float], merge_r: Optional[int], crop_scale_min: float,
-                    hflip: float, reprob: float, mixup: float, cutmix: float, mixup_prob: float,
-                    mixup_switch_prob: float, smoothing: float, overrides: tuple[str, ...], **options: Any) -> None:
+def retrain_command(out: str, resume: bool, **options: Any) -> None:
     """Re-train a merged Vim with the R-MeeTo recipe (distillation from the unmerged model).
 
     Multi-GPU / multi-node: torchrun --nproc-per-node N -m rmeeto_export retrain ... (--merge-r, not --r)
     """
-    config = RetrainConfig(
-        model=model_name,
-        ratio=ratio,
-        merge_r=merge_r,
-        augment=dataclasses.replace(_AUGMENT, crop_scale=(crop_scale_min, _AUGMENT.crop_scale[1]), hflip=hflip,
-                                    erase_prob=reprob),
-        mix=MixSettings(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob,
-                        smoothing=smoothing),
-        model_overrides=parse_overrides(overrides),
-        **options,
-    )
+    config = RetrainConfig(ModelSettings(**from_options(ModelSettings, options)),
+                           RetrainSettings(**from_options(RetrainSettings, options)), out=out, resume=resume)
     try:
         result = retrain(config, log=click.echo)
     finally:
@@ -623,4 +525,3 @@ def retrain_command(model_name: str, ratio: Optional[float], merge_r: Optional[i
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"wrote {result.weights}")
-

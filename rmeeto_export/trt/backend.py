@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
-from rmeeto_export.errors import UserError
+from rmeeto_export.errors import UserError, first_line
 
 BACKENDS = ("auto", "tensorrt", "tensorrt-rtx")
 _MODULE_OF_FLAVOUR = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
@@ -49,31 +49,40 @@ class Backend:
         return _logger_for(self.trt)
 
 
+class BackendNotInstalled(UserError):
+    """The TensorRT flavour asked for is not installed (with --trt auto: none is); nothing else."""
+
+
 def load_backend(name: str = "auto") -> Backend:
-    """Import the TensorRT flavour ``name`` ("auto" prefers full TensorRT) or raise a UserError."""
+    """Import the TensorRT flavour ``name`` ("auto" prefers full TensorRT).
+
+    BackendNotInstalled when it is not installed; a UserError saying so when it is installed but
+    does not import (with "auto", only when no flavour imports).
+    """
     if name not in BACKENDS:
         raise UserError(f"unknown TensorRT backend {name!r}; choose one of {', '.join(BACKENDS)}")
     wanted = ("tensorrt", "tensorrt-rtx") if name == "auto" else (name,)
+    broken = []
     for flavour in wanted:
-        module = _import_or_none(_MODULE_OF_FLAVOUR[flavour])
-        if module is not None:
-            backend = Backend(flavour, module)
-            if backend.is_rtx:
-                ensure_rtx_unversioned_library()
-            return backend
+        module_name = _MODULE_OF_FLAVOUR[flavour]
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except (ImportError, OSError) as err:  # e.g. the pip stub of tensorrt whose libraries never downloaded
+            broken.append(f"{flavour} is installed but does not import ({first_line(err)})")
+            _log.warning("%s", broken[-1])
+            continue
+        backend = Backend(flavour, module)
+        if backend.is_rtx:
+            ensure_rtx_unversioned_library()
+        return backend
+    if broken:
+        raise UserError("; ".join(broken))
     if name == "auto":
-        raise UserError(f"no TensorRT installed: {_INSTALL_HINT}")
-    raise UserError(f"TensorRT backend {name!r} is not installed (no module {_MODULE_OF_FLAVOUR[name]}): {_INSTALL_HINT}")
-
-
-def _import_or_none(module_name: str) -> Optional[ModuleType]:
-    if importlib.util.find_spec(module_name) is None:
-        return None
-    try:
-        return importlib.import_module(module_name)
-    except (ImportError, OSError) as err:  # e.g. the pip stub of tensorrt whose libraries never downloaded
-        _log.warning("module %s is present but does not import: %s", module_name, err)
-        return None
+        raise BackendNotInstalled(f"no TensorRT installed: {_INSTALL_HINT}")
+    raise BackendNotInstalled(f"TensorRT backend {name!r} is not installed (no module {_MODULE_OF_FLAVOUR[name]}): "
+                              f"{_INSTALL_HINT}")
 
 
 def ensure_rtx_unversioned_library(libs_dir: Optional[Path] = None) -> Optional[Path]:

@@ -71,6 +71,14 @@ def find_plugin_library() -> Optional[Path]:
     return None
 
 
+def require_plugin_library() -> Path:
+    """The C++ plugin library (--plugins on); UserError with the way to build it when there is none."""
+    library = find_plugin_library()
+    if library is None:
+        raise UserError(f"plugins=on but the C++ plugin library librmeeto_trt_plugins.so was not found; {_BUILD_HINT}")
+    return library
+
+
 def elf_needed_libraries(path: Path) -> list[str]:
     """DT_NEEDED names of a 64-bit ELF shared library ([] for anything else)."""
     data = path.read_bytes()
@@ -122,9 +130,7 @@ def load_plugins(backend: Backend, mode: str) -> Optional[PluginSource]:
         raise UserError(f"unknown plugin mode {mode!r}; choose one of {', '.join(PLUGIN_MODES)}")
     if mode == "off":
         return None
-    library = find_plugin_library() if mode in ("auto", "on") else None
-    if library is None and mode == "on":
-        raise UserError(f"plugins=on but the C++ plugin library librmeeto_trt_plugins.so was not found; {_BUILD_HINT}")
+    library = {"on": require_plugin_library, "auto": find_plugin_library}.get(mode, lambda: None)()
     if library is not None:
         try:
             return load_plugin_library(backend, library)

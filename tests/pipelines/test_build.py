@@ -11,38 +11,42 @@ from click.testing import CliRunner
 from rmeeto_export.cli import main
 from rmeeto_export.errors import UserError
 from rmeeto_export.files import file_sha256
-from rmeeto_export.pipelines.build import BuildConfig, ParityFailure, build, rerun_verify
+from rmeeto_export.pipelines.build import build, rerun_verify
+from rmeeto_export.pipelines.folder import BuildFolder
+from rmeeto_export.pipelines.settings import (BuildSettings, CalibrationSettings, ExportSettings, ModelSettings,
+                                              ParitySettings, RetrainSettings)
+from rmeeto_export.pipelines.stages import StageFailed
 
 TINY = dict(embed_dim=32, depth=4, img_size=32, patch_size=8, num_classes=10)
 HAS_TRT = any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx"))
 
 
-def tiny_config(**kwargs):
-    return BuildConfig(model="vim_t", r=2, overrides=TINY, parity_samples=4, **kwargs)
+def tiny_config(**groups):
+    return BuildSettings(model=ModelSettings(name="vim_t", r=2, overrides=TINY), parity=ParitySettings(samples=4)).replace(**groups)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("build") / "out"
     lines = []
-    manifest = build(tiny_config(), out, log=lines.append)
-    return out, manifest, lines
+    folder = build(tiny_config(), out, log=lines.append)
+    return out, folder.manifest, lines
 
 
 def test_build_writes_every_artifact_with_its_digest(built):
     out, manifest, lines = built
-    expected = {"schedule.json", "model.onnx", "model.portable.onnx", "parity.json"} | ({"model.engine"} if HAS_TRT else set())
-    assert set(manifest.data["artifacts"]) == expected
-    for name, artifact in manifest.data["artifacts"].items():
+    engine = {"model.engine", "model.engine.json"} if HAS_TRT else set()
+    assert set(manifest["artifacts"]) == {"schedule.json", "model.onnx", "model.portable.onnx", "parity.json"} | engine
+    for name, artifact in manifest["artifacts"].items():
         assert file_sha256(out / name) == artifact["sha256"]
     assert (out / "report.md").is_file() and (out / "manifest.json").is_file()
-    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".staging")]
     assert json.loads((out / "manifest.json").read_text())["stages"].keys() == {"load", "schedule", "export", "parity", "engine"}
 
 
 def test_build_says_loudly_that_weights_are_random(built):
     out, manifest, lines = built
-    assert manifest.data["random_weights"] is True
+    assert manifest["random_weights"] is True
     assert any("RANDOM weights" in line for line in lines)
     assert "Random weights" in (out / "report.md").read_text()
     assert [line.split("]")[0] for line in lines if line.startswith("[")] == [f"[{i}/5" for i in range(1, 6)]
@@ -58,9 +62,9 @@ def test_parity_of_both_graphs_in_fp32(built):
 
 def test_engine_stage_builds_or_says_why_not(built):
     _, manifest, lines = built
-    engine = manifest.data["stages"]["engine"]
+    engine = manifest["stages"]["engine"]
     if HAS_TRT:
-        assert engine["status"] == "ok" and manifest.data["engine"]["engine_bytes"] > 0
+        assert engine["status"] == "ok" and manifest["engine"]["engine_bytes"] > 0
     else:
         assert engine["status"] == "skipped" and "no TensorRT" in engine["note"]
 
@@ -78,10 +82,12 @@ def test_verify_fails_after_writing_the_report_when_the_graph_is_wrong(built, tm
     graph.graph.initializer.append(shift)
     graph.graph.node.append(onnx.helper.make_node("Add", ["logits_before", "shift"], ["logits"]))
     onnx.save(graph, str(out / "model.portable.onnx"))
-    with pytest.raises(ParityFailure, match="model.portable.onnx"):
+    with pytest.raises(StageFailed, match="stage 'parity' failed: parity failed for onnxruntime:model.portable.onnx"):
         rerun_verify(out, log=lambda _: None)
     parity = json.loads((out / "parity.json").read_text())
     assert parity["passed"] is False and parity["results"]["onnxruntime:model.onnx"]["passed"] is True
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["parity"]["status"] == "failed" and "parity" in (out / "report.md").read_text()
 
 
 def test_export_rerun_is_byte_identical(built, tmp_path):
@@ -92,7 +98,7 @@ def test_export_rerun_is_byte_identical(built, tmp_path):
     result = CliRunner().invoke(main, ["export", "--out", str(out)])
     assert result.exit_code == 0, result.output
     for name in ("model.onnx", "model.portable.onnx"):
-        assert file_sha256(out / name) == manifest.data["artifacts"][name]["sha256"]
+        assert file_sha256(out / name) == manifest["artifacts"][name]["sha256"]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +115,7 @@ def vim_s_weights(tmp_path_factory):
 @pytest.mark.parametrize("case,message", [
     ("unknown model", "unknown model 'vim_q'"),
     ("bad ratio", "ratio"),
-    ("unwritable out", "cannot write to output folder"),
+    ("unwritable out", "cannot create output folder"),
     ("missing weights", "weights file not found"),
     ("weights of another model", "does not fit this model"),
     ("bad precision", "Invalid value for '--precision'"),
@@ -141,9 +147,9 @@ def test_verify_without_a_build_folder(tmp_path):
     assert result.exit_code == 1 and "has no manifest.json" in result.output
 
 
-def test_bad_config_values():
+def test_bad_config_values(tmp_path):
     with pytest.raises(UserError, match="batch must be at least 1"):
-        build(tiny_config(batch=0), None)
+        build(tiny_config(export=ExportSettings(batch=0)), tmp_path / "out")
 
 
 def test_int8_build_calibrates_and_checks_the_int8_graphs(tmp_path):
@@ -156,8 +162,9 @@ def test_int8_build_calibrates_and_checks_the_int8_graphs(tmp_path):
         pixels = (torch.rand(32, 32, 3, generator=generator) * 255).to(torch.uint8).numpy()
         Image.fromarray(pixels).save(images / f"{index}.png")
     out = tmp_path / "out"
-    manifest = build(tiny_config(precision="int8", calib_data=str(images), calib_num=8), out, log=lambda _: None)
-    assert {"calibration.json", "model.int8.onnx", "model.portable.int8.onnx"} <= set(manifest.data["artifacts"])
+    settings = tiny_config(export=ExportSettings(precision="int8"), calibration=CalibrationSettings(data=str(images), num=8))
+    manifest = build(settings, out, log=lambda _: None).manifest
+    assert {"calibration.json", "model.int8.onnx", "model.portable.int8.onnx"} <= set(manifest["artifacts"])
     parity = json.loads((out / "parity.json").read_text())
     assert {"onnxruntime:model.int8.onnx", "onnxruntime:model.portable.int8.onnx"} <= set(parity["results"])
     # The INT8 graphs are checked on the calibration folder's images (all 8: there are no others), not on noise.
@@ -166,12 +173,12 @@ def test_int8_build_calibrates_and_checks_the_int8_graphs(tmp_path):
     assert int8["images"] == 8
     assert int8["tolerance"]["min_top1_agreement"] == 0.0  # random weights: their top-1 is a coin toss
     if HAS_TRT:
-        assert manifest.data["engine"]["from"] == "model.int8.onnx" and manifest.data["engine"]["precision"] == "int8"
+        assert manifest["engine"]["from"] == "model.int8.onnx" and manifest["engine"]["precision"] == "int8"
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(precision="int8"), "--calib-data"),
-    (dict(data="some/images"), "add --weights"),
+    (dict(export=ExportSettings(precision="int8")), "--calib-data"),
+    (dict(retrain=RetrainSettings(data="some/images")), "add --weights"),
 ])
 def test_missing_companion_option_is_an_error(tmp_path, change, message):
     with pytest.raises(UserError, match=message):
@@ -188,12 +195,13 @@ def test_build_retrains_first_when_given_data(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "start.pth"
     torch.save({"model": create_model("vim_t", num_classes=CLASSES, **RETRAIN_TINY).state_dict()}, weights)
-    config = BuildConfig(model="vim_t", r=1, overrides=RETRAIN_TINY, weights=str(weights), data=str(data),
-                         epochs=1, batch_size=4, parity_samples=2)
+    settings = BuildSettings(model=ModelSettings(name="vim_t", r=1, overrides=RETRAIN_TINY, weights=str(weights)),
+                             parity=ParitySettings(samples=2),
+                             retrain=RetrainSettings(data=str(data), epochs=1, batch_size=4, workers=0))
     lines = []
-    manifest = build(config, tmp_path / "out", log=lines.append)
-    assert lines[0].startswith("[1/6] re-train") and manifest.data["stages"]["retrain"]["status"] == "ok"
-    trained = manifest.config
-    assert trained.weights == str(tmp_path / "out" / "retrain" / "model.pth") and trained.overrides["num_classes"] == CLASSES
-    assert manifest.data["random_weights"] is False
+    manifest = build(settings, tmp_path / "out", log=lines.append).manifest
+    assert lines[0].startswith("[1/6] re-train") and manifest["stages"]["retrain"]["status"] == "ok"
+    assert (tmp_path / "out" / "retrain" / "model.pth").is_file() and "retrain/model.pth" in manifest["artifacts"]
+    assert manifest["stages"]["load"]["note"] == "vim_t, weights retrain/model.pth"
+    assert manifest["random_weights"] is False
     assert json.loads((tmp_path / "out" / "parity.json").read_text())["passed"]

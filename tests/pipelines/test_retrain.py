@@ -16,10 +16,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from rmeeto_export.data import MixSettings
 from rmeeto_export.models import create_model, load_weights
 from rmeeto_export.pipelines import retrain as retrain_module
 from rmeeto_export.pipelines.retrain import RetrainConfig, retrain, retrain_command, save_torch
+from rmeeto_export.pipelines.settings import ModelSettings, RetrainSettings
 
 TINY = {"embed_dim": 16, "depth": 4, "img_size": 16, "patch_size": 8, "d_state": 4}  # 5 tokens, merge at block 2
 CLASSES = 3
@@ -52,11 +52,12 @@ def weights(tmp_path_factory) -> Path:
     return path
 
 
-def tiny_config(dataset: Path, weights: Path | None, out: Path, **changes) -> RetrainConfig:
+def tiny_config(dataset: Path, weights: Path | None, out: Path, model: dict | None = None, **changes) -> RetrainConfig:
     # lr 0.05 at batch 512 is 4e-4 at batch 4: large enough that every step visibly moves the weights.
-    base = RetrainConfig(model="vim_t", data=str(dataset), weights=weights and str(weights), merge_r=1, epochs=2, batch_size=4,
-                         out=str(out), lr=0.05, workers=0, device="cpu", model_overrides=TINY)
-    return dataclasses.replace(base, **changes)
+    model_settings = ModelSettings(name="vim_t", weights=weights and str(weights), r=1, overrides=TINY)
+    training = RetrainSettings(data=str(dataset), epochs=2, batch_size=4, lr=0.05, workers=0, device="cpu")
+    return RetrainConfig(dataclasses.replace(model_settings, **(model or {})), dataclasses.replace(training, **changes),
+                         out=str(out))
 
 
 def saved(path: Path) -> dict:
@@ -100,7 +101,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(dataset,
     # Mixup pairs images within each process's batch and drop path draws per process, so those two are
     # off here; data order and per-sample augmentation are the same for any number of processes.
     single = retrain(tiny_config(dataset, weights, tmp_path / "one", epochs=1, drop_path=0.0,
-                                 mix=MixSettings(mixup_alpha=0, cutmix_alpha=0)))
+                                 mixup=0, cutmix=0))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "rmeeto_export", "retrain",  # --ratio 0.1 is r=1 here; torchrun's parser takes "--r" for its own
@@ -189,11 +190,11 @@ def test_existing_checkpoint_needs_resume(cli, dataset, weights, tmp_path):
 def test_resume_with_other_settings_is_refused(dataset, weights, tmp_path):
     retrain(tiny_config(dataset, weights, tmp_path, epochs=1))
     with pytest.raises(retrain_module.UserError, match=r"different settings \(lr\)"):
-        retrain(tiny_config(dataset, weights, tmp_path, epochs=1, lr=0.1, resume=True))
+        retrain(dataclasses.replace(tiny_config(dataset, weights, tmp_path, epochs=1, lr=0.1), resume=True))
 
 
 def test_final_weights_load_with_the_model_loader(dataset, weights, tmp_path):
-    result = retrain(tiny_config(dataset, weights, tmp_path, epochs=1, merge_r=None, ratio=0.1))
+    result = retrain(tiny_config(dataset, weights, tmp_path, model=dict(r=None, ratio=0.1), epochs=1))
     model = create_model("vim_t", merge_ratio=0.1, num_classes=CLASSES, **TINY)
     load_weights(model, str(result.weights))  # strict: every key and shape of the official layout
     assert [e["stage"] for e in result.history] == ["unmerged", "merged", "epoch"]
@@ -238,8 +239,9 @@ def test_ema_continues_the_checkpoints_ema(dataset, weights, tmp_path):
 
 
 def test_num_classes_override_must_match_the_dataset(dataset, tmp_path):
-    config = tiny_config(dataset, None, tmp_path, distill_weight=0.0, model_overrides={**TINY, "num_classes": 5})
+    config = tiny_config(dataset, None, tmp_path, model=dict(overrides={**TINY, "num_classes": 5}), distill_weight=0.0)
     with pytest.raises(retrain_module.UserError, match="asked for 5 classes, but .* has 3 class folders"):
         retrain(config)
-    matching = dataclasses.replace(config, model_overrides={**TINY, "num_classes": CLASSES}, epochs=1)
+    matching = tiny_config(dataset, None, tmp_path, model=dict(overrides={**TINY, "num_classes": CLASSES}),
+                           distill_weight=0.0, epochs=1)
     assert retrain(matching).weights.is_file()

@@ -1,0 +1,33 @@
+"""report.md: the manifest of a build folder, for people."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rmeeto_export.pipelines.folder import BuildFolder
+
+
+def report_text(folder: "BuildFolder") -> str:
+    data, settings = folder.manifest, folder.settings
+    lines = [f"# rmeeto-export build: {settings.model.name}", ""]
+    if data.get("random_weights"):
+        not_judged = " (INT8: top-1 agreement is not judged, only the logit error)" if settings.export.int8 else ""
+        lines += ["**Random weights** (no --weights given): the engine computes nothing useful; "
+                  f"parity still checks the graph{not_judged}.", ""]
+    schedule = data.get("schedule")
+    if schedule:
+        lines += [f"Merge: r={schedule['r']} (effective ratio {schedule['effective_ratio']:.3f}), "
+                  f"{schedule['tokens_last_block']} tokens in the last block. Precision {settings.export.precision}, "
+                  f"batch {settings.export.batch}.", ""]
+    lines += ["| stage | status | seconds | note |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {s.get('status', 'ok')} | {s['seconds']:.1f} | {s.get('note', '')} |"
+              for name, s in data["stages"].items()]
+    if data.get("parity"):
+        lines += ["", "| parity | passed | max error / logit scale | cosine | top-1 agreement |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {key} | {p['passed']} | {p['max_rel']:.2e} | {p['cosine']:.6f} | "
+                  f"{p['top1_agreement']:.0%} |" for key, p in data["parity"].items()]
+    lines += ["", "| artifact | bytes | sha256 |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {a['bytes']} | `{a['sha256'][:16]}` |" for name, a in data["artifacts"].items()]
+    return "\n".join(lines) + "\n"
