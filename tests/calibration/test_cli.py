@@ -6,12 +6,12 @@ from pathlib import Path
 import onnx
 import pytest
 from click.testing import CliRunner
-from calibration_helpers import TINY
 
 from rmeeto_export.calibration import load_cache
 from rmeeto_export.cli import main
 from rmeeto_export.pipelines.build import build
 from rmeeto_export.pipelines.settings import BuildSettings, ModelSettings, ParitySettings
+from tests.support.models import TINY_MERGE_R, TINY_VIM
 
 BUILT = ["manifest.json", "model.onnx", "model.portable.onnx", "parity.json", "report.md", "schedule.json"]
 
@@ -19,8 +19,7 @@ BUILT = ["manifest.json", "model.onnx", "model.portable.onnx", "parity.json", "r
 @pytest.fixture(scope="module")
 def fp32_build(tmp_path_factory):
     """A tiny fp32 build folder, made once and copied for each test."""
-    overrides = {key: value for key, value in TINY.items() if key != "merge_r"}
-    settings = BuildSettings(model=ModelSettings(name="vim_t", r=TINY["merge_r"], overrides=overrides),
+    settings = BuildSettings(model=ModelSettings(name="vim_t", r=TINY_MERGE_R, overrides=TINY_VIM),
                              parity=ParitySettings(samples=2))
     out = tmp_path_factory.mktemp("fp32-build") / "out"
     build(settings, out, log=lambda _: None)
