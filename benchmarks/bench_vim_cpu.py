@@ -16,9 +16,10 @@ import time
 
 import torch
 
+from rmeeto_export.contracts import SELECTIVE_SCAN, TOKEN_MERGE
 from rmeeto_export.models import create_model
 
-OPS = {"scan": "rmeeto::selective_scan", "merge": "rmeeto::token_merge"}
+OPS = {"scan": SELECTIVE_SCAN.torch_op, "merge": TOKEN_MERGE.torch_op}
 
 
 def median_latency_ms(model: torch.nn.Module, images: torch.Tensor, repeats: int) -> float:

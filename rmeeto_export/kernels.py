@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from rmeeto_export.contracts import SELECTIVE_SCAN, TOKEN_MERGE
 from rmeeto_export.errors import UserError
 
 LIBRARY_ENV_VAR = "RMEETO_KERNELS_LIB"
@@ -231,5 +232,5 @@ def register_cuda_kernels() -> None:
     import rmeeto_export.models.ops  # noqa: F401 - defines the ops being extended
 
     load_library()
-    torch.library.register_kernel("rmeeto::selective_scan", "cuda", _selective_scan_cuda)
-    torch.library.register_kernel("rmeeto::token_merge", "cuda", _token_merge_cuda)
+    torch.library.register_kernel(SELECTIVE_SCAN.torch_op, "cuda", _selective_scan_cuda)
+    torch.library.register_kernel(TOKEN_MERGE.torch_op, "cuda", _token_merge_cuda)

@@ -25,14 +25,9 @@ from typing import Any
 import onnx
 from onnx import AttributeProto, FunctionProto, TensorProto, helper
 
-DOMAIN = "rmeeto"  # also the TensorRT plugin namespace
-DOMAIN_VERSION = 1
-PLUGIN_VERSION = "1"  # TensorRT plugin version of both ops
+from rmeeto_export.contracts import DOMAIN, SELECTIVE_SCAN, TOKEN_MERGE, OpContract
+
 ONNX_OPSET = 18
-SELECTIVE_SCAN = "SelectiveScan"
-TOKEN_MERGE = "TokenMerge"
-SCAN_INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-MERGE_INPUTS = ("hidden", "residual", "size")
 INT64_MAX = 2**63 - 1
 # F.normalize's floor on the norm, so an all-zero token scores 0 instead of NaN.
 NORMALIZE_EPS = 1e-12
@@ -90,15 +85,16 @@ class _BodyBuilder:
         return self.op("Range", start, limit, step)
 
 
-def _function(name: str, inputs: tuple[str, ...], outputs: list[str], body: _BodyBuilder, attributes: list[str], doc: str) -> FunctionProto:
+def _function(contract: OpContract, outputs: list[str], body: _BodyBuilder, doc: str) -> FunctionProto:
+    """The function of `contract`'s op: its inputs in node order, its attributes as parameters."""
     return helper.make_function(
         DOMAIN,
-        name,
-        list(inputs),
+        contract.name,
+        list(contract.input_names),
         outputs,
         body.nodes,
         [helper.make_opsetid("", ONNX_OPSET)],
-        attributes=attributes,
+        attributes=list(contract.attribute_names),
         doc_string=doc,
     )
 
@@ -184,10 +180,8 @@ def selective_scan_function() -> FunctionProto:
     b.op("CastLike", y, "u")
     return _function(
         SELECTIVE_SCAN,
-        SCAN_INPUTS,
         [b.nodes[-1].output[0]],
         b,
-        ["delta_softplus", "reverse"],
         "Selective scan (mamba selective_scan_ref semantics), fp32 state; reverse scans t = L-1 .. 0.",
     )
 
@@ -285,10 +279,8 @@ def token_merge_function() -> FunctionProto:
     ]
     return _function(
         TOKEN_MERGE,
-        MERGE_INPUTS,
         outputs,
         b,
-        ["r", "cls_index"],
         "R-MeeTo bipartite token merge (size-weighted, order-preserving); ties: lowest index wins.",
     )
 

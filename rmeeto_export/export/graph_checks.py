@@ -6,7 +6,7 @@ from collections import Counter
 
 import onnx
 
-from rmeeto_export.export.functions import DOMAIN
+from rmeeto_export.contracts import DOMAIN
 
 
 class GraphCheckError(RuntimeError):

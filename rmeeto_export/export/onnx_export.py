@@ -23,9 +23,10 @@ import onnx.inliner
 import torch
 from torch import nn
 
+from rmeeto_export.contracts import DOMAIN, DOMAIN_VERSION
 from rmeeto_export.errors import UserError
 from rmeeto_export.files import write_bytes_atomic
-from rmeeto_export.export.functions import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, custom_functions
+from rmeeto_export.export.functions import ONNX_OPSET, custom_functions
 from rmeeto_export.export.static_shapes import fold_static_shapes
 from rmeeto_export.export.symbolics import ExportError, register_symbolics
 

@@ -11,13 +11,24 @@ from __future__ import annotations
 import torch
 from torch.onnx import symbolic_helper
 
-from rmeeto_export.export.functions import DOMAIN, ONNX_OPSET, PLUGIN_VERSION, SELECTIVE_SCAN, TOKEN_MERGE
+from rmeeto_export.contracts import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, SELECTIVE_SCAN, TOKEN_MERGE, OpContract
+from rmeeto_export.export.functions import ONNX_OPSET
 
-PLUGIN_ATTRIBUTES = {"plugin_namespace_s": DOMAIN, "plugin_version_s": PLUGIN_VERSION}
+PLUGIN_ATTRIBUTES = {"plugin_namespace_s": PLUGIN_NAMESPACE, "plugin_version_s": PLUGIN_VERSION}
 
 
 class ExportError(RuntimeError):
     """The model uses an op in a way the ONNX custom ops cannot express."""
+
+
+def _custom_node(g, contract: OpContract, inputs: list, attribute_values: list):
+    """The node of `contract`'s op with its int attributes (constants in the traced graph) and the
+    plugin's namespace and version, which TensorRT's ONNX parser reads to find the plugin."""
+    attributes = {
+        f"{attribute.name}_i": int(symbolic_helper._maybe_get_const(value, "b" if attribute.flag else "i"))
+        for attribute, value in zip(contract.attributes, attribute_values)
+    }
+    return g.op(f"{DOMAIN}::{contract.name}", *inputs, outputs=len(contract.outputs), **attributes, **PLUGIN_ATTRIBUTES)
 
 
 def _zero_per_channel(g):
@@ -28,29 +39,16 @@ def _zero_per_channel(g):
 
 def _selective_scan(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     if symbolic_helper._is_none(z):
-        raise ExportError("rmeeto::SelectiveScan export needs the gate z (every Vim mixer has one)")
+        raise ExportError(f"{DOMAIN}::{SELECTIVE_SCAN.name} export needs the gate z (every Vim mixer has one)")
     D = _zero_per_channel(g) if symbolic_helper._is_none(D) else D
     delta_bias = _zero_per_channel(g) if symbolic_helper._is_none(delta_bias) else delta_bias
-    out = g.op(
-        f"{DOMAIN}::{SELECTIVE_SCAN}",
-        u, delta, A, B, C, D, z, delta_bias,
-        delta_softplus_i=int(symbolic_helper._maybe_get_const(delta_softplus, "b")),
-        reverse_i=int(symbolic_helper._maybe_get_const(reverse, "b")),
-        **PLUGIN_ATTRIBUTES,
-    )
+    out = _custom_node(g, SELECTIVE_SCAN, [u, delta, A, B, C, D, z, delta_bias], [delta_softplus, reverse])
     out.setType(g.original_node.output().type())
     return out
 
 
 def _token_merge(g, hidden, residual, size, r, cls_index):
-    outputs = g.op(
-        f"{DOMAIN}::{TOKEN_MERGE}",
-        hidden, residual, size,
-        r_i=symbolic_helper._maybe_get_const(r, "i"),
-        cls_index_i=symbolic_helper._maybe_get_const(cls_index, "i"),
-        outputs=3,
-        **PLUGIN_ATTRIBUTES,
-    )
+    outputs = _custom_node(g, TOKEN_MERGE, [hidden, residual, size], [r, cls_index])
     for exported, traced in zip(outputs, g.original_node.outputs()):
         exported.setType(traced.type())
     return outputs
@@ -58,5 +56,5 @@ def _token_merge(g, hidden, residual, size, r, cls_index):
 
 def register_symbolics() -> None:
     """Idempotent: the registry is global to the process and later registrations replace earlier ones."""
-    torch.onnx.register_custom_op_symbolic("rmeeto::selective_scan", _selective_scan, ONNX_OPSET)
-    torch.onnx.register_custom_op_symbolic("rmeeto::token_merge", _token_merge, ONNX_OPSET)
+    torch.onnx.register_custom_op_symbolic(SELECTIVE_SCAN.torch_op, _selective_scan, ONNX_OPSET)
+    torch.onnx.register_custom_op_symbolic(TOKEN_MERGE.torch_op, _token_merge, ONNX_OPSET)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rmeeto_export.contracts import SELECTIVE_SCAN, TOKEN_MERGE
+
 try:  # mamba-ssm's fused CUDA kernels (forward and backward), only on CUDA machines.
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_selective_scan
 except Exception:  # noqa: BLE001 - its import fails in many ways without CUDA extensions
@@ -86,7 +88,7 @@ def _token_merge_reference(hidden: Tensor, residual: Tensor, size: Tensor, r: in
     return merged_hidden, merged_residual, merged_size
 
 
-@torch.library.custom_op("rmeeto::selective_scan", mutates_args=())
+@torch.library.custom_op(SELECTIVE_SCAN.torch_op, mutates_args=())
 def _selective_scan_op(
     u: Tensor,
     delta: Tensor,
@@ -107,7 +109,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     return u.new_empty(u.shape)
 
 
-@torch.library.custom_op("rmeeto::token_merge", mutates_args=())
+@torch.library.custom_op(TOKEN_MERGE.torch_op, mutates_args=())
 def _token_merge_op(hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_index: int) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(t.clone() if r == 0 else t for t in _token_merge_reference(hidden, residual, size, r, cls_index))
 
@@ -152,8 +154,8 @@ def _register_autograd_by_recompute(op, reference: Callable, num_tensor_args: in
     op.register_autograd(backward, setup_context=setup_context)
 
 
-_register_autograd_by_recompute(_selective_scan_op, selective_scan_reference, num_tensor_args=8)
-_register_autograd_by_recompute(_token_merge_op, _token_merge_reference, num_tensor_args=3)
+_register_autograd_by_recompute(_selective_scan_op, selective_scan_reference, num_tensor_args=len(SELECTIVE_SCAN.inputs))
+_register_autograd_by_recompute(_token_merge_op, _token_merge_reference, num_tensor_args=len(TOKEN_MERGE.inputs))
 
 
 def _mamba_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
@@ -174,8 +176,8 @@ def selective_scan(
     D: Optional[Tensor] = None,
     z: Optional[Tensor] = None,
     delta_bias: Optional[Tensor] = None,
-    delta_softplus: bool = True,
-    reverse: bool = False,
+    delta_softplus: bool = SELECTIVE_SCAN.defaults["delta_softplus"],
+    reverse: bool = SELECTIVE_SCAN.defaults["reverse"],
     backend: str = "auto",
 ) -> Tensor:
     """y = selective scan (DESIGN.md section 2); ``reverse`` scans from the last step to the first.

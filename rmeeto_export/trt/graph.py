@@ -7,17 +7,14 @@ from typing import Any
 
 import onnx
 
-from rmeeto_export.export.functions import DOMAIN, SELECTIVE_SCAN, TOKEN_MERGE
+from rmeeto_export.contracts import ACTIVATION_DTYPES, CONTRACTS, DOMAIN, PLUGIN_NAMESPACE
 from rmeeto_export.errors import UserError
 from rmeeto_export.export.graph_checks import custom_op_counts
 from rmeeto_export.trt.python_plugins import accepts_type
 
-PLUGIN_OPS = (SELECTIVE_SCAN, TOKEN_MERGE)
-
-
 def custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The graph's nodes that a plugin of ours implements (top level: exports never nest them)."""
-    return [node for node in model.graph.node if node.domain == DOMAIN and node.op_type in PLUGIN_OPS]
+    return [node for node in model.graph.node if node.domain == DOMAIN and node.op_type in CONTRACTS]
 
 
 def for_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -29,7 +26,7 @@ def for_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
-    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name in PLUGIN_OPS)]
+    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name in CONTRACTS)]
     del stripped.functions[:]
     stripped.functions.extend(kept)
     return stripped
@@ -88,14 +85,15 @@ def check_plugin_input_types(trt, network) -> None:
     failing the build, so the types are checked before building.
     """
     for layer, namespace, plugin in _plugin_v3_layers(trt, network):
-        if namespace != DOMAIN:
+        if namespace != PLUGIN_NAMESPACE:
             continue
         types = [layer.get_input(i).dtype for i in range(layer.num_inputs)]
         for pos, kind in enumerate(types):
             if not accepts_type(trt, plugin, pos, len(types), types):
+                fp32 = ", ".join(tensor.name for tensor in CONTRACTS[plugin].inputs if tensor.fp32)
                 raise UserError(
-                    f"{plugin} node {layer.name}: input {pos} is {kind.name}; our plugins take fp32/fp16/bf16 "
-                    "activations of one type and fp32 A, D, delta_bias, residual and size"
+                    f"{plugin} node {layer.name}: input {pos} is {kind.name}; {plugin} takes {'/'.join(ACTIVATION_DTYPES)} "
+                    f"activations of one type and fp32 {fp32}"
                 )
 
 
@@ -103,8 +101,8 @@ def check_plugin_layers(trt, network, model: onnx.ModelProto, *, with_plugins: b
     """RuntimeError unless our plugin layers are exactly ``model``'s custom nodes (none without plugins)."""
     expected = Counter()
     if with_plugins:
-        expected = Counter({op: n for op, n in custom_op_counts(model).items() if op in PLUGIN_OPS})
-    got = Counter(name for _, namespace, name in plugin_layers(trt, network) if namespace == DOMAIN)
+        expected = Counter({op: n for op, n in custom_op_counts(model).items() if op in CONTRACTS})
+    got = Counter(name for _, namespace, name in plugin_layers(trt, network) if namespace == PLUGIN_NAMESPACE)
     if got != expected:
         raise RuntimeError(
             f"TensorRT's parser mapped custom nodes to plugins unexpectedly: expected plugin layers {dict(expected)}, "

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from rmeeto_export.contracts import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from rmeeto_export.errors import UserError
 from rmeeto_export.files import file_sha256
 from rmeeto_export.trt.backend import Backend
-from rmeeto_export.trt.python_plugins import NAMESPACE, VERSION, python_plugin_creators
+from rmeeto_export.trt.python_plugins import python_plugin_creators
 
 PLUGIN_MODES = ("auto", "on", "python", "off")
 PLUGIN_LIBRARY_ENV = "RMEETO_TRT_PLUGINS"
@@ -158,15 +159,15 @@ def register_python_plugins(backend: Backend) -> None:
     """Registers the Python SelectiveScan and TokenMerge creators unless some are registered already."""
     registry = backend.trt.get_plugin_registry()
     for creator in python_plugin_creators(backend.trt):
-        if registry.get_creator(creator.name, VERSION, NAMESPACE) is None:
-            registry.register_creator(creator, NAMESPACE)
+        if registry.get_creator(creator.name, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
+            registry.register_creator(creator, PLUGIN_NAMESPACE)
 
 
 def _deregister_python_plugins(backend: Backend) -> None:
     """The library's creators take the same names; Python ones registered earlier would clash."""
     registry = backend.trt.get_plugin_registry()
     for creator in python_plugin_creators(backend.trt):
-        if registry.get_creator(creator.name, VERSION, NAMESPACE) is creator:
+        if registry.get_creator(creator.name, PLUGIN_VERSION, PLUGIN_NAMESPACE) is creator:
             registry.deregister_creator(creator)
 
 

@@ -11,15 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from rmeeto_export.contracts import DOMAIN, SELECTIVE_SCAN, TOKEN_MERGE
 from rmeeto_export.errors import UserError
-from rmeeto_export.export.functions import (
-    DOMAIN,
-    SELECTIVE_SCAN,
-    TOKEN_MERGE,
-    custom_functions,
-    selective_scan_function,
-    token_merge_function,
-)
+from rmeeto_export.export.functions import custom_functions, selective_scan_function, token_merge_function
 from rmeeto_export.export.onnx_export import export_module, inline_custom_ops
 from rmeeto_export.export.static_shapes import fold_static_shapes
 from rmeeto_export.merge.rmeeto import merge_tokens
@@ -85,7 +79,7 @@ def test_selective_scan_body_matches_reference(reverse, softplus, with_skip_and_
     names = ["u", "delta", "B", "C", "z"]
     model = export_module(module, (u, delta, B, C, z), names, ["y"])
     (node,) = custom_nodes(model)
-    assert (node.op_type, len(node.input)) == (SELECTIVE_SCAN, 8)  # an absent D / delta_bias becomes zeros
+    assert (node.op_type, len(node.input)) == (SELECTIVE_SCAN.name, 8)  # an absent D / delta_bias becomes zeros
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     assert attributes == {
         "delta_softplus": int(softplus), "reverse": int(reverse), "plugin_namespace": b"rmeeto", "plugin_version": b"1"
@@ -144,7 +138,7 @@ def merge_case(hidden: torch.Tensor, r: int, cls_index: int, seed: int = 0):
     model = export_module(module, (hidden, residual, size), names, ["hidden_out", "residual_out", "size_out"])
     (node,) = custom_nodes(model)
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    assert (node.op_type, attributes["r"], attributes["cls_index"]) == (TOKEN_MERGE, r, cls_index)
+    assert (node.op_type, attributes["r"], attributes["cls_index"]) == (TOKEN_MERGE.name, r, cls_index)
     actual = run(model, names, (hidden, residual, size))
     expected = merge_tokens(hidden, residual, size, r, cls_index)[:3]
     return actual, [t.numpy() for t in expected]

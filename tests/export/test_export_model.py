@@ -14,7 +14,7 @@ import torch
 
 from rmeeto_export.errors import UserError
 from rmeeto_export.export import check_graph, export_onnx
-from rmeeto_export.export.functions import DOMAIN, SELECTIVE_SCAN, TOKEN_MERGE
+from rmeeto_export.contracts import DOMAIN, SELECTIVE_SCAN, TOKEN_MERGE
 from rmeeto_export.export.graph_checks import custom_op_counts, inferred
 from rmeeto_export.export.onnx_export import inline_custom_ops, with_unique_node_names
 from rmeeto_export.export.parity import run_onnx
@@ -48,25 +48,25 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
 def test_custom_graph_has_one_node_per_op_call_with_plugin_attributes(exported, merged_model):
     model = load(exported[("fp32", False)])
     depth, schedule = TINY_VIM["depth"], merged_model.schedule
-    assert custom_op_counts(model) == {SELECTIVE_SCAN: 2 * depth, TOKEN_MERGE: len(schedule.merge_blocks)}
+    assert custom_op_counts(model) == {SELECTIVE_SCAN.name: 2 * depth, TOKEN_MERGE.name: len(schedule.merge_blocks)}
     custom = [node for node in model.graph.node if node.domain == DOMAIN]
     for node in custom:
         assert attributes(node)["plugin_namespace"] == b"rmeeto" and attributes(node)["plugin_version"] == b"1"
-    scans = [attributes(n) for n in custom if n.op_type == SELECTIVE_SCAN]
+    scans = [attributes(n) for n in custom if n.op_type == SELECTIVE_SCAN.name]
     assert sorted(a["reverse"] for a in scans) == [0] * depth + [1] * depth  # backward scans, no flips
     assert all(a["delta_softplus"] == 1 for a in scans)
-    merges = [attributes(n) for n in custom if n.op_type == TOKEN_MERGE]
+    merges = [attributes(n) for n in custom if n.op_type == TOKEN_MERGE.name]
     expected = [(schedule.r, schedule.cls_index_per_block[block - 1]) for block in schedule.merge_blocks]
     assert [(a["r"], a["cls_index"]) for a in merges] == expected
-    assert {(f.domain, f.name) for f in model.functions} == {(DOMAIN, SELECTIVE_SCAN), (DOMAIN, TOKEN_MERGE)}
+    assert {(f.domain, f.name) for f in model.functions} == {(DOMAIN, SELECTIVE_SCAN.name), (DOMAIN, TOKEN_MERGE.name)}
     opsets = {o.domain: o.version for o in model.opset_import}
     assert opsets[DOMAIN] == 1 and opsets[""] >= 18
 
 
 def test_unmerged_model_exports_without_token_merge(tmp_path):
     model = load(export_onnx(tiny_vim(merge_r=0, spread_logits=True), tmp_path / "plain.onnx"))
-    assert custom_op_counts(model) == {SELECTIVE_SCAN: 2 * TINY_VIM["depth"]}
-    assert [f.name for f in model.functions] == [SELECTIVE_SCAN]
+    assert custom_op_counts(model) == {SELECTIVE_SCAN.name: 2 * TINY_VIM["depth"]}
+    assert [f.name for f in model.functions] == [SELECTIVE_SCAN.name]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -75,11 +75,11 @@ def test_portable_graph_is_plain_onnx_and_small(exported, precision):
     assert not custom_op_counts(portable) and not portable.functions
     assert DOMAIN not in {o.domain for o in portable.opset_import}
     counts = custom_op_counts(custom)
-    assert sum(node.op_type == "Scan" for node in portable.graph.node) == counts[SELECTIVE_SCAN]
+    assert sum(node.op_type == "Scan" for node in portable.graph.node) == counts[SELECTIVE_SCAN.name]
     budget = (
         len(custom.graph.node)
-        + MAX_NODES_PER_INLINED_SCAN * counts[SELECTIVE_SCAN]
-        + MAX_NODES_PER_INLINED_MERGE * counts[TOKEN_MERGE]
+        + MAX_NODES_PER_INLINED_SCAN * counts[SELECTIVE_SCAN.name]
+        + MAX_NODES_PER_INLINED_MERGE * counts[TOKEN_MERGE.name]
     )
     assert len(portable.graph.node) <= budget
 
@@ -143,11 +143,11 @@ def test_fp16_custom_graph_keeps_scan_parameters_fp32(exported):
     model = load(exported[("fp16", False)])
     types = elem_types(model)
     for node in model.graph.node:
-        if node.op_type == SELECTIVE_SCAN:
+        if node.op_type == SELECTIVE_SCAN.name:
             named = dict(zip(("u", "delta", "A", "B", "C", "D", "z", "delta_bias"), node.input))
             assert {k: types[named[k]] for k in ("A", "D", "delta_bias")} == {"A": FLOAT, "D": FLOAT, "delta_bias": FLOAT}
             assert types[named["u"]] == types[named["z"]] == FLOAT16
-        if node.op_type == TOKEN_MERGE:
+        if node.op_type == TOKEN_MERGE.name:
             hidden, residual, size = node.input
             assert (types[hidden], types[residual], types[size]) == (FLOAT16, FLOAT, FLOAT)  # residual stays fp32
 

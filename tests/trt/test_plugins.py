@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rmeeto_export.contracts import SELECTIVE_SCAN, TOKEN_MERGE
 from rmeeto_export.errors import UserError
 from rmeeto_export.trt import plugins as plugins_module
 from rmeeto_export.trt.backend import Backend, load_backend
@@ -15,13 +16,7 @@ from rmeeto_export.trt.plugins import (
     linked_tensorrt,
     load_plugins,
 )
-from rmeeto_export.trt.python_plugins import (
-    SELECTIVE_SCAN_FIELDS,
-    TOKEN_MERGE_FIELDS,
-    accepts_type,
-    field_values,
-    python_plugin_creators,
-)
+from rmeeto_export.trt.python_plugins import accepts_type, field_values, python_plugin_creators
 
 
 class _Field:
@@ -30,13 +25,13 @@ class _Field:
 
 
 def test_field_values_fill_defaults_and_keep_given_ones():
-    assert field_values([_Field("reverse", 1)], SELECTIVE_SCAN_FIELDS, "SelectiveScan") == {"delta_softplus": 1, "reverse": 1}
-    assert field_values([_Field("r", 11), _Field("cls_index", 98)], TOKEN_MERGE_FIELDS, "TokenMerge") == {"r": 11, "cls_index": 98}
+    assert field_values([_Field("reverse", 1)], SELECTIVE_SCAN) == {"delta_softplus": 1, "reverse": 1}
+    assert field_values([_Field("r", 11), _Field("cls_index", 98)], TOKEN_MERGE) == {"r": 11, "cls_index": 98}
 
 
 def test_field_values_require_the_merge_schedule():
     with pytest.raises(ValueError, match="TokenMerge: missing attribute"):
-        field_values([_Field("r", 11)], TOKEN_MERGE_FIELDS, "TokenMerge")
+        field_values([_Field("r", 11)], TOKEN_MERGE)
 
 
 @pytest.fixture
