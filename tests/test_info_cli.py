@@ -50,7 +50,7 @@ def test_info_prints_a_readable_summary():
     (("info", "--model", "vim_x"), "unknown model 'vim_x'"),
     (("info", "--ratio", "1.5"), "ratio"),
     (("info", "--ratio", "-0.1"), "ratio"),
-    (("info", "--ratio", "0.3", "--r", "5"), "give --ratio or --r, not both"),
+    (("info", "--ratio", "0.3", "--r", "5"), "give only one of --ratio and --r"),
 ])
 def test_bad_input_is_one_line_and_exit_1(args, message):
     result = run(*args)

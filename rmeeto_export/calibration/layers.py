@@ -15,13 +15,13 @@ merge it goes to the merge (its TokenMerge node, or the inlined merge's first Ga
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
 import onnx
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.models.vim import VimConfig
 
 ROLES = ("in_proj", "x_proj", "dt_proj", "out_proj", "head")
 _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT})
@@ -67,7 +67,8 @@ def _weight_as_used(node: onnx.NodeProto, weight: onnx.TensorProto) -> Optional[
 
 
 def _role(op_type: str, k: int, n: int, width: int, is_graph_output: bool) -> Optional[str]:
-    d_inner, dt_rank = 2 * width, math.ceil(width / 16)  # Vim: expand 2, dt_rank = ceil(D / 16)
+    vim = VimConfig(embed_dim=width)  # the other widths follow from D as in the model
+    d_inner, dt_rank = vim.d_inner, vim.dt_rank
     if k == width and (op_type == "Gemm" or is_graph_output):
         return "head"
     if (k, n) == (width, 2 * d_inner):

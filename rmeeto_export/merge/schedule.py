@@ -115,6 +115,18 @@ def _check_r(depth: int, num_tokens: int, r: int) -> None:
         )
 
 
+def check_one_way(given: dict[str, Any]) -> None:
+    """UserError when more than one way of choosing the schedule is given (a value other than None).
+
+    `given` maps each way to its value under the caller's name for it: --ratio and --r on the command
+    line, merge_ratio, merge_r and schedule in Python.
+    """
+    chosen = [name for name, value in given.items() if value is not None]
+    if len(chosen) > 1:
+        names = list(given)
+        raise UserError(f"give only one of {', '.join(names[:-1])} and {names[-1]} (got {' and '.join(chosen)})")
+
+
 def _check_ratio(ratio: float) -> None:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
         raise UserError(f"ratio must be a number in [0, 1), got {ratio!r}")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmeeto_export.errors import UserError
-from rmeeto_export.merge.schedule import MergeSchedule, schedule_from_r, schedule_from_ratio
+from rmeeto_export.merge.schedule import MergeSchedule, check_one_way, schedule_from_r, schedule_from_ratio
 from rmeeto_export.models import ops
 
 
@@ -277,9 +277,7 @@ def create_model(
 ) -> Vim:
     """Build a registered variant; ``merge_ratio``, ``merge_r`` or ``schedule`` turn on merging."""
     cfg = resolve_config(name, **overrides)
-    given = [v is not None for v in (merge_ratio, merge_r, schedule)]
-    if sum(given) > 1:
-        raise UserError("give at most one of merge_ratio, merge_r and schedule")
+    check_one_way({"merge_ratio": merge_ratio, "merge_r": merge_r, "schedule": schedule})
     if merge_ratio is not None:
         schedule = schedule_from_ratio(cfg.depth, cfg.num_tokens, cfg.cls_index, merge_ratio)
     elif merge_r is not None:

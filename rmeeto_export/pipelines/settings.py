@@ -19,6 +19,7 @@ from rmeeto_export.calibration.collect import DEFAULT_METHOD, DEFAULT_NUM_IMAGES
 from rmeeto_export.calibration.smoothing import DEFAULT_ALPHA
 from rmeeto_export.data import AugmentSettings, MixSettings
 from rmeeto_export.errors import InternalError, UserError
+from rmeeto_export.merge.schedule import check_one_way
 from rmeeto_export.precision import PRECISIONS, check_precision
 from rmeeto_export.trt.backend import BACKENDS
 from rmeeto_export.trt.plugins import PLUGIN_MODES
@@ -72,8 +73,7 @@ class ModelSettings:
     seed: int = setting(0, "seed of random weights, parity inputs and re-training", type=int)
 
     def check(self) -> None:
-        if self.ratio is not None and self.r is not None:
-            raise UserError("give --ratio or --r, not both")
+        check_one_way({"--ratio": self.ratio, "--r": self.r})
 
     @property
     def random_weights(self) -> bool:
