@@ -15,18 +15,7 @@ PyTorch. Each method is measured with the default smoothing and without it; for 
 INT8 of every linear layer (the merge inputs included) is measured as well. Goal (issue 8): INT8
 within 1 point of fp32.
 
-Measured (2-core VM, OMP_NUM_THREADS=1, about 20 minutes a seed with training; top-1 on 540 images,
-so one point is about 5 images). INT8 minus fp32 top-1, max / percentile / entropy, default smoothing:
-
-    seed  model                 fp32    INT8 vs fp32          agreement      without smoothing
-    0     unmerged              98.52   +0.00 +0.00 +0.00     100 100 100    -0.19 -0.37 +0.00
-    0     merged r=20           95.74   +0.00 +0.56 +0.37     98.5 98.7 98.3 +1.11 +0.93 +0.56
-    1     unmerged              97.59   +0.00 +0.00 +0.19     99.8 100 99.8  +0.19 +0.00 +0.37
-    1     merged r=20           97.78   +0.37 +0.37 +0.19     99.6 99.3 99.4 -0.37 -0.19 -0.19
-
-Within 1 point everywhere with smoothing. With the merge inputs INT8 too ("all"): agreement 97.4-98.5%.
-The demo's under-trained seed-0 models (10 + 3 epochs; merged 88.70%) give -1.85 / -0.56 / -0.93
-(agreement 95.7-97.2%) on the merged model and 0.00 / -0.19 / 0.00 unmerged.
+Figures measured on the development VM, two seeds: docs/measurements.md#int8-accuracy.
 
 Threads: set OMP_NUM_THREADS (e.g. 1 on a shared machine); the script sets none itself.
 Run: python benchmarks/int8_accuracy.py [--work DIR] [--r 20] [--num 512] [--scratch-epochs 30] [--retrain-epochs 10] [--seed 0]

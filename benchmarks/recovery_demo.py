@@ -19,23 +19,8 @@ Settings that differ from the ImageNet recipe, and why:
 The re-training keeps everything else of the recipe: AdamW, weight decay 0.05, cosine to 1e-6
 without warmup, label smoothing 0.1, mixup/cutmix, KL distillation weight 0.5, drop path 0.1.
 
-Measured here (2 shared CPU cores, OMP_NUM_THREADS=1, 5-6 minutes a run; top-1 on 540 val images, so one
-point is about 5 images; r=4 merges 4 tokens at blocks 2 and 4: 65 -> 57 tokens, 6.2% of the work):
-
-    seed  unmerged  merged  +3 epochs  |  pruned  +3 epochs
-    0     94.44     -6.67   -2.41      |  -17.04  -2.04
-    1     91.85    -13.33   -0.93      |  -10.56  -2.41
-    2     93.70     -9.63   -3.52      |  -11.48  -4.81
-
-Merging loses 7-13 points and 3 epochs recover most of it, but to within 1 point in one seed of three
-(mean -2.3; pruning: -13.0 before, -3.1 after). Higher ratios lose more and recover less in 3 epochs
-(seed-less earlier runs: r=8, 12% of the work: -20.4 -> -3.5; r=20, 31%: -40.2 -> -8.2). A retraining lr
-of 1.6e-2 gave -1.48 for seed 0, 6.4e-3 gave -3.52.
-
-With --retrain-epochs 8 (seed 0, 555 s): merged 87.78 -> 95.93 (+1.48 over the unmerged 94.44), pruned
-77.41 -> 95.74 (+1.30). Both end above the unmerged model: 10 scratch epochs leave this small model
-unconverged, so longer re-training is partly just more training. A fair control (the unmerged model
-fine-tuned for the same epochs) is not in the script yet.
+Figures measured on the development VM (three seeds, and longer re-training):
+docs/measurements.md#recovery-after-merging.
 
 Threads: the script sets none; run it with OMP_NUM_THREADS=1 on a shared machine.
 Run: python benchmarks/recovery_demo.py [--r 8] [--work DIR]   (--work keeps and reuses finished runs)

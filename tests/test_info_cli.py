@@ -13,7 +13,7 @@ def run(*args):
 
 
 def closed_form_parameters(D, classes=1000, tokens=197, N=16, patch=16):
-    """Parameter count from DESIGN.md section 2's shapes, independent of the module tree."""
+    """Parameter count from Vim's shapes (docs/vim.md), independent of the module tree."""
     d_inner, dt_rank = 2 * D, -(-D // 16)
     direction = d_inner * 4 + d_inner + (dt_rank + 2 * N) * d_inner + dt_rank * d_inner + d_inner + d_inner * N + d_inner
     block = D + D * 2 * d_inner + d_inner * D + 2 * direction

@@ -1,6 +1,6 @@
 """INT8 for TensorRT 10 and 11: calibrate activation ranges, then write explicit Q/DQ into the ONNX graph.
 
-TensorRT 11 has no implicit INT8 calibration; precision lives in the graph (DESIGN.md section 5).
+TensorRT 11 has no implicit INT8 calibration; precision lives in the graph (docs/tensorrt.md).
 API for the build pipeline:
     calibrate(onnx_path, cache_path, images, num=512, method="percentile") -> {tensor: scale}
     quantize(onnx_path, cache_path, out_path) -> Path       # the INT8 Q/DQ graph

@@ -2,7 +2,7 @@
 
 Only main-graph MatMul/Gemm nodes whose weight is a constant 2-D float initializer qualify, and only
 when that weight has the shape of one of Vim's linear layers (in_proj, x_proj, dt_proj, out_proj,
-head; DESIGN.md section 2), with the embedding width read from the patch-embedding Conv. This holds
+head; docs/vim.md), with the embedding width read from the patch-embedding Conv. This holds
 for both exports: in the plugin graph the scan and the merge are custom nodes whose bodies live in
 functions (never walked); in the portable graph their inlined MatMuls multiply computed or
 batch-shaped operands, not a 2-D weight, and the scan's own MatMuls sit inside its Scan body. Node

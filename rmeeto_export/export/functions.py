@@ -1,5 +1,5 @@
 """ONNX local functions (domain "rmeeto") whose bodies are standard ONNX: the plugin-free meaning of
-rmeeto::SelectiveScan and rmeeto::TokenMerge (DESIGN.md section 4).
+rmeeto::SelectiveScan and rmeeto::TokenMerge (docs/ops.md; inputs and attributes from their contracts).
 
 A function is identified by (domain, name) alone, and the node's op_type must stay the plugin's name,
 so each op has ONE function whose attributes (delta_softplus, reverse; r, cls_index) are function
@@ -123,8 +123,7 @@ def _scan_step_graph() -> onnx.GraphProto:
 def _softplus(b: _BodyBuilder, x: str) -> str:
     """log(1 + exp(x)) as max(x, 0) + log(1 + exp(-|x|)): exp never overflows, and above 17 the log term
     rounds to 0 in fp32, so it returns x itself there as torch's softplus does above its threshold 20.
-    ONNX Runtime 1.31's own Softplus kernel measured about 4x slower than these seven ops (1.8 vs 0.47 ms
-    on 768 x 197 values, 1 thread).
+    ONNX Runtime's own Softplus kernel is slower than these seven ops (docs/measurements.md#the-onnx-scan-body).
     """
     tail = b.op("Log", b.op("Add", b.op("Exp", b.op("Neg", b.op("Abs", x))), b.float_scalar(1.0)))
     return b.op("Add", b.op("Relu", x), tail)
@@ -148,13 +147,10 @@ def selective_scan_function() -> FunctionProto:
     """rmeeto::SelectiveScan(u, delta, A, B, C, D, z, delta_bias; delta_softplus, reverse) -> y.
 
     Channel-major like the op: u, delta, z, y (B, d, L); B, C (B, n, L); A (d, n), D and delta_bias (d,)
-    fp32. The recurrence is an ONNX Scan over time (a 3-node body), not an unrolled loop. Inside, the
-    state is laid out (B, n, d): with d innermost, ONNX Runtime's broadcasting Mul and Exp run over rows
-    of d contiguous values instead of n = 16, about 4x faster than the (B, d, n) layout (measured).
-
-    One step per Scan iteration, measured against K steps unrolled per iteration over L padded to a
-    multiple of K (ONNX Runtime 1.31, 1 thread, d = 768, L = 197): K = 1 5.1 ms, K = 2 6.0, K = 4 5.8,
-    K = 8 5.9, K = 16 7.2; the Split/Concat of a chunk cost more than the iterations they save.
+    fp32. The recurrence is an ONNX Scan over time (a 3-node body, one step per iteration), not an
+    unrolled loop. Inside, the state is laid out (B, n, d): with d innermost, ONNX Runtime's
+    broadcasting Mul and Exp run over rows of d contiguous values instead of n = 16. Both choices were
+    measured (docs/measurements.md#the-onnx-scan-body).
     """
     b = _BodyBuilder()
     u, delta, Bmat, Cmat, z = (b.to_float(name) for name in ("u", "delta", "B", "C", "z"))

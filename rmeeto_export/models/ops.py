@@ -1,7 +1,7 @@
 """The project's custom ops as torch.library ops in the ``rmeeto`` namespace.
 
 Each op has one PyTorch reference implementation that is the oracle for the ONNX function
-bodies and the CUDA kernels (DESIGN.md section 4). Fake implementations give static shapes
+bodies and the CUDA kernels (docs/ops.md; each op's contract: rmeeto_export.contracts). Fake implementations give static shapes
 for export; autograd is the vector-Jacobian product of the same reference, recomputed in
 backward, so re-training works on any device without a hand-written backward.
 """
@@ -180,7 +180,7 @@ def selective_scan(
     reverse: bool = SELECTIVE_SCAN.defaults["reverse"],
     backend: str = "auto",
 ) -> Tensor:
-    """y = selective scan (DESIGN.md section 2); ``reverse`` scans from the last step to the first.
+    """y = selective scan (docs/ops.md#selectivescan); ``reverse`` scans from the last step to the first.
 
     backend "auto" uses mamba-ssm's fused kernels for CUDA tensors when they are installed and
     the ``rmeeto::selective_scan`` op otherwise (the reference, or whatever CUDA kernel is

@@ -1,6 +1,6 @@
 """Vision Mamba ("midclstok", bimamba v2) in pure PyTorch, with optional R-MeeTo merging.
 
-Module and parameter names follow the official checkpoints (DESIGN.md section 2) so that
+Module and parameter names follow the official checkpoints (docs/vim.md#checkpoint-keys) so that
 their state dicts load strictly; weight loading itself lives in weights.py. The backward
 direction of each mixer runs on the original token order: an anti-causal convolution and a
 reversed scan, so neither training nor the exported graph needs any flip.

@@ -1,4 +1,4 @@
-"""Re-training a merged Vim with the R-MeeTo recipe (DESIGN.md section 3), on one process or under torchrun.
+"""Re-training a merged Vim with the R-MeeTo recipe (docs/rmeeto.md#re-training-recipe), on one process or under torchrun.
 
 The student is the merged model, the teacher the same weights without merging (eval mode, no
 grad). Loss = soft-target cross-entropy (mixup/cutmix, label smoothing) + distill_weight * KL.

@@ -21,7 +21,7 @@ def for_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy without the FunctionProtos of our custom ops.
 
     TensorRT <= 10.6 inlines a local function over a plugin of the same name, and 10.15+/11 use
-    the plugin only under conditions (DESIGN.md section 5); with no function every version takes
+    the plugin only under conditions (docs/tensorrt.md#custom-node-or-its-function-body); with no function every version takes
     the registered plugin.
     """
     stripped = onnx.ModelProto()

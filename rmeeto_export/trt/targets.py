@@ -19,7 +19,7 @@ _MIN_CC_FOR_PRECISION: dict[str, ComputeCapability] = {
     "int8": (7, 5),
     "fp8": (8, 9),
 }
-# TensorRT-RTX builds ahead of time on machines without a GPU; DESIGN.md section 6.
+# TensorRT-RTX builds ahead of time, also without a GPU (docs/tensorrt.md#tensorrt-rtx).
 DEFAULT_RTX_TARGET: ComputeCapability = (8, 9)
 
 _CC_PATTERN = re.compile(r"^(?:sm_?)?(\d+)(?:\.(\d))?$", re.IGNORECASE)

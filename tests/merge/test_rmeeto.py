@@ -1,4 +1,4 @@
-"""merge_tokens (and prune_tokens) against the prose spec of DESIGN.md section 3.
+"""merge_tokens (and prune_tokens) against the rules written in docs/rmeeto.md.
 
 The oracle here is a slow loop that follows the spec step by step on plain Python lists, written
 independently of the vectorised implementation.

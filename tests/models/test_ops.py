@@ -9,7 +9,7 @@ from rmeeto_export.models.ops import selective_scan, selective_scan_reference
 
 
 def scan_by_the_formulas(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    """DESIGN.md section 2 written out one scalar at a time in Python floats (fp64)."""
+    """The definition in docs/ops.md#selectivescan written out one scalar at a time in Python floats (fp64)."""
     batch, dim, length = u.shape
     n_state = A.shape[1]
     out = torch.zeros(batch, dim, length, dtype=torch.float64)

@@ -12,7 +12,7 @@ from rmeeto_export.models.weights import read_state_dict
 
 
 def official_vim_t_state_dict(seed=0):
-    """vim_t's keys and shapes written from DESIGN.md section 2, not read off our model."""
+    """vim_t's keys and shapes written from docs/vim.md#checkpoint-keys, not read off our model."""
     D, d_inner, dt_rank, N = 192, 384, 12, 16
     shapes = {
         "patch_embed.proj.weight": (D, 3, 16, 16), "patch_embed.proj.bias": (D,),

@@ -42,7 +42,7 @@ def test_auto_prefers_full_tensorrt_then_rtx(monkeypatch):
 
 
 # TensorRT-RTX's parser dlopens "libtensorrt_rtx.so" for plugin nodes and aborts the process when
-# it is missing; the wheel ships only libtensorrt_rtx.so.1 (DESIGN.md section 6).
+# it is missing; the wheel ships only libtensorrt_rtx.so.1 (docs/tensorrt.md#tensorrt-rtx).
 def test_unversioned_rtx_library_link_is_created_once(tmp_path):
     (tmp_path / "libtensorrt_rtx.so.1").write_bytes(b"library")
     link = ensure_rtx_unversioned_library(tmp_path)
