@@ -151,6 +151,8 @@ def test_c_api_rejects_bad_arguments_before_any_launch(default_build, monkeypatc
         assert merge(11, 98, workspace - 1) == 3  # WORKSPACE_TOO_SMALL
         if not torch.cuda.is_available():
             assert scan(1, 16, fake) == 4 and merge(11, 98, workspace) == 4  # CUDA_ERROR: no device
+            # The failed launch's cudaError_t, although the call has already cleared cudaGetLastError().
+            assert re.fullmatch(r"CUDA kernel launch failed: cudaError\w+: .+", lib.rmeeto_status_string(4).decode())
         assert "workspace" in lib.rmeeto_status_string(3).decode()
     finally:
         kernels.load_library.cache_clear()

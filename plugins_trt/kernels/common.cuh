@@ -54,9 +54,18 @@ rmeeto_status_t dispatchDtype(rmeeto_dtype_t dtype, Fn&& fn)
     return RMEETO_STATUS_UNSUPPORTED;
 }
 
+// Keeps the error's name and text for rmeeto_status_string (status.cpp): cudaGetLastError clears it.
+void recordCudaError(cudaError_t error);
+
 inline rmeeto_status_t launchStatus()
 {
-    return cudaGetLastError() == cudaSuccess ? RMEETO_STATUS_SUCCESS : RMEETO_STATUS_CUDA_ERROR;
+    const cudaError_t error = cudaGetLastError();
+    if (error == cudaSuccess)
+    {
+        return RMEETO_STATUS_SUCCESS;
+    }
+    recordCudaError(error);
+    return RMEETO_STATUS_CUDA_ERROR;
 }
 
 inline int64_t ceilDiv(int64_t a, int64_t b)

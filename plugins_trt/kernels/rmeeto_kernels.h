@@ -29,7 +29,7 @@ typedef enum rmeeto_status
     RMEETO_STATUS_INVALID_ARGUMENT = 1, /* null pointer, non-positive size, r or cls_index out of range */
     RMEETO_STATUS_UNSUPPORTED = 2,      /* valid but not compiled: d_state, dtype, channel count */
     RMEETO_STATUS_WORKSPACE_TOO_SMALL = 3,
-    RMEETO_STATUS_CUDA_ERROR = 4 /* a kernel launch failed; cudaGetLastError() has the cause */
+    RMEETO_STATUS_CUDA_ERROR = 4 /* a kernel launch failed; rmeeto_status_string names the cudaError_t */
 } rmeeto_status_t;
 
 /* Element type of the activations. Values are part of the ABI (the ctypes binding uses them). */
@@ -40,6 +40,8 @@ typedef enum rmeeto_dtype
     RMEETO_DTYPE_BFLOAT16 = 2
 } rmeeto_dtype_t;
 
+/* For RMEETO_STATUS_CUDA_ERROR: the name and text of the calling thread's last launch failure
+ * (valid until its next failure), since the failing call has already cleared cudaGetLastError(). */
 RMEETO_API const char* rmeeto_status_string(rmeeto_status_t status);
 
 /* ---- selective scan forward -------------------------------------------------------------------
@@ -66,7 +68,8 @@ RMEETO_API rmeeto_status_t rmeeto_selective_scan_fwd(rmeeto_dtype_t dtype, int32
 
 /* ---- token merge (one R-MeeTo step) -------------------------------------------------------------
  * hidden (batch, tokens, channels) in `dtype`; residual (batch, tokens, channels) fp32;
- * size (batch, tokens, 1) fp32. Outputs have tokens - r tokens, same dtypes.
+ * size (batch, tokens, 1) fp32. Outputs have tokens - r tokens, same dtypes; r = 0 copies the inputs
+ * bit for bit.
  * The class token at cls_index is never merged and lands at (cls_index * (tokens - r)) / tokens.
  * Constraints: 0 <= r <= rmeeto_token_merge_max_r(tokens), 0 <= cls_index < tokens.
  * `workspace` must hold rmeeto_token_merge_workspace_size(batch, tokens, r) bytes, 256-byte aligned.

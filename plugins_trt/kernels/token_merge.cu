@@ -320,51 +320,49 @@ __global__ void __launch_bounds__(kMergeThreads) mergeGatherKernel(MergeShape sh
     const int32_t token = ws.outToken[outRow];
     const int32_t firstSource = ws.outChain[outRow];
 
-    // The class token passes through untouched (weight 1, not its size), as in the reference.
-    const bool isCls = token == shape.clsIndex;
-    const float ownWeight = isCls ? 1.f : size[inRows + token];
-    // Destinations sit at odd free positions; sources sum in position order around them, like
-    // the reference's index_add, and products are rounded before the add (__fmul_rn: no FMA
-    // contraction), so a CPU reference agrees bit for bit.
-    const int32_t ownSlot = isCls ? INT_MAX : (token - (token > shape.clsIndex ? 1 : 0)) / 2;
-    float total = ownWeight;
-    for (int32_t i = firstSource; i >= 0; i = chainNext[i])
-    {
-        total += size[inRows + shape.tokenOf(2 * i)];
-    }
-
-    for (int64_t c = lane; c < channels; c += kWarpSize)
-    {
-        const int64_t own = (inRows + token) * channels + c;
-        const float ownHidden = __fmul_rn(toFloat(hidden[own]), ownWeight);
-        const float ownResidual = __fmul_rn(residual[own], ownWeight);
-        float h = 0.f;
-        float res = 0.f;
+    // The class token passes through untouched (weight 1, not its size), as in the reference; with
+    // r = 0 every token does, so the step is an identity, bit for bit ((x * size) / size may not be x).
+    const bool passThrough = token == shape.clsIndex || shape.r == 0;
+    const float ownWeight = passThrough ? 1.f : size[inRows + token];
+    // Destinations sit at odd free positions, source i at 2i: the terms of a row are added in
+    // position order, the row's own token between the sources before and after it, like the
+    // reference's index_add; products are rounded before the add (__fmul_rn: no FMA contraction),
+    // so a CPU reference agrees bit for bit.
+    const int32_t ownSlot = token == shape.clsIndex ? INT_MAX : (token - (token > shape.clsIndex ? 1 : 0)) / 2;
+    const auto forEachTerm = [&](auto&& add) {
         bool ownAdded = false;
         for (int32_t i = firstSource; i >= 0; i = chainNext[i])
         {
             if (!ownAdded && i > ownSlot)
             {
-                h += ownHidden;
-                res += ownResidual;
+                add(inRows + token, ownWeight);
                 ownAdded = true;
             }
             const int64_t src = inRows + shape.tokenOf(2 * i);
-            const float w = size[src];
-            h += __fmul_rn(toFloat(hidden[src * channels + c]), w);
-            res += __fmul_rn(residual[src * channels + c], w);
+            add(src, size[src]);
         }
         if (!ownAdded)
         {
-            h += ownHidden;
-            res += ownResidual;
+            add(inRows + token, ownWeight);
         }
+    };
+    float total = 0.f;
+    forEachTerm([&](int64_t, float w) { total += w; });
+
+    for (int64_t c = lane; c < channels; c += kWarpSize)
+    {
+        float h = 0.f;
+        float res = 0.f;
+        forEachTerm([&](int64_t src, float w) {
+            h += __fmul_rn(toFloat(hidden[src * channels + c]), w);
+            res += __fmul_rn(residual[src * channels + c], w);
+        });
         hiddenOut[outRow * channels + c] = fromFloat<T>(h / total);
         residualOut[outRow * channels + c] = res / total;
     }
     if (lane == 0)
     {
-        sizeOut[outRow] = isCls ? size[inRows + token] : total;
+        sizeOut[outRow] = passThrough ? size[inRows + token] : total;
     }
 }
 
