@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench plugins plugins-rtx bench-gpu gpu-check clean
+.PHONY: install demo test bench plugins plugins-rtx kernels-emulated bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ TRT_HEADERS_ROOT ?= /opt/trt-headers/v11.1
 plugins-rtx: $(STAMP)
 	cmake -S plugins_trt -B build/plugins_trt -DRMEETO_TENSORRT_RTX=ON -DTENSORRT_ROOT=$(TRT_HEADERS_ROOT) -DPython3_EXECUTABLE=$(abspath $(BIN)/python)
 	cmake --build build/plugins_trt -j2
+
+# The kernels for the CPU emulation of a CUDA device (tests; no nvcc, no GPU): build/emulated/librmeeto_kernels.so.
+# Add EMULATION_SANITIZE=ON for AddressSanitizer and UBSan.
+EMULATION_SANITIZE ?= OFF
+kernels-emulated: $(STAMP)
+	cmake -S plugins_trt -B build/emulated -DRMEETO_EMULATED_DEVICE=ON -DRMEETO_EMULATION_SANITIZE=$(EMULATION_SANITIZE) -DTENSORRT_ROOT= -DPython3_EXECUTABLE=$(abspath $(BIN)/python)
+	cmake --build build/emulated -j2
 
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/bench_kernels_gpu.py

@@ -4,12 +4,16 @@ The same kernels run inside the TensorRT plugins (plugins_trt/), so testing them
 PyTorch references tests the plugins' numerics too. Launches go on the tensors' current CUDA stream
 and never synchronise with the host; scratch memory comes from PyTorch's caching allocator.
 
+A library built for the emulated device (``make kernels-emulated``; ``emulated()`` says which one is
+loaded) runs the same kernels on the CPU: it takes CPU tensors, and each call returns when done.
+
 ``register_cuda_kernels()`` makes these the CUDA implementations of the ``rmeeto::selective_scan``
 and ``rmeeto::token_merge`` ops, so the model runs on a GPU with them (the "kernels" backend).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -44,6 +48,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i32, ptr, size_t = ctypes.c_int32, ctypes.c_void_p, ctypes.c_size_t
     signatures = {
         "rmeeto_status_string": ([i32], ctypes.c_char_p),
+        "rmeeto_kernels_emulated": ([], ctypes.c_int),
         "rmeeto_selective_scan_supports_dstate": ([i32], ctypes.c_int),
         "rmeeto_selective_scan_fwd": ([i32] * 5 + [ptr] * 8 + [i32, i32, ptr, ptr], i32),
         "rmeeto_token_merge_max_r": ([i32], i32),
@@ -83,12 +88,25 @@ def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
     return None if tensor is None else tensor.data_ptr()
 
 
-def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
+def emulated() -> bool:
+    """Whether the loaded library is built for the emulated device (CPU tensors) instead of CUDA."""
+    return bool(load_library().rmeeto_kernels_emulated())
 
 
-def _require_cuda(device: torch.device, tensors: dict[str, Optional[Tensor]]) -> None:
-    if device.type != "cuda":
+def _stream(device: torch.device) -> Optional[int]:
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+
+
+def _on(device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _require_device(device: torch.device, tensors: dict[str, Optional[Tensor]]) -> None:
+    """All tensors on `device`, which must be what the library runs on: CUDA, or the CPU when emulated."""
+    if emulated():
+        if device.type != "cpu":
+            raise UserError(f"the emulated CUDA kernels need CPU tensors, got {device}")
+    elif device.type != "cuda":
         raise UserError(f"the CUDA kernels need CUDA tensors, got {device}")
     for name, tensor in tensors.items():
         if tensor is not None and tensor.device != device:
@@ -122,7 +140,7 @@ def selective_scan(
     delta_softplus: bool = True,
     reverse: bool = False,
 ) -> Tensor:
-    """Selective scan forward on the GPU; same semantics as models.ops.selective_scan_reference.
+    """Selective scan forward on the GPU (or the emulated device); same semantics as models.ops.selective_scan_reference.
 
     u, delta, z (b, d, l); B, C (b, n, l); A (d, n); D, delta_bias (d,). Activations of mixed dtypes
     run in fp32 (the reference's math dtype); the result has u's dtype.
@@ -141,7 +159,7 @@ def selective_scan(
         ("delta_bias", delta_bias, (dim,)),
     ):
         _require_shape(name, tensor, shape)
-    _require_cuda(u.device, {"delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
+    _require_device(u.device, {"delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
     if u.dtype not in _KERNEL_DTYPES:
         raise UserError(f"selective_scan kernel supports float32/float16/bfloat16 activations, got {u.dtype}")
     lib = load_library()
@@ -157,7 +175,7 @@ def selective_scan(
     u_c, delta_c, B_c, C_c, z_c = act(u), act(delta), act(B), act(C), act(z)
     A_c, D_c, bias_c = fp32(A), fp32(D), fp32(delta_bias)
     out = torch.empty_like(u_c)
-    with torch.cuda.device(u.device):
+    with _on(u.device):
         status = lib.rmeeto_selective_scan_fwd(
             _KERNEL_DTYPES[act_dtype], batch, dim, dstate, length,
             _pointer(u_c), _pointer(delta_c), _pointer(A_c), _pointer(B_c), _pointer(C_c),
@@ -169,13 +187,13 @@ def selective_scan(
 
 
 def token_merge(hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_index: int) -> tuple[Tensor, Tensor, Tensor]:
-    """One R-MeeTo merge step on the GPU; same semantics as merge.rmeeto.merge_tokens (without new_cls)."""
+    """One R-MeeTo merge step on the GPU (or the emulated device); same semantics as merge.rmeeto.merge_tokens (without new_cls)."""
     if hidden.dim() != 3:
         raise UserError(f"hidden must be (batch, tokens, channels), got shape {tuple(hidden.shape)}")
     batch, tokens, channels = hidden.shape
     _require_shape("residual", residual, (batch, tokens, channels))
     _require_shape("size", size, (batch, tokens, 1))
-    _require_cuda(hidden.device, {"residual": residual, "size": size})
+    _require_device(hidden.device, {"residual": residual, "size": size})
     if hidden.dtype not in _KERNEL_DTYPES:
         raise UserError(f"token_merge kernel supports float32/float16/bfloat16 hidden, got {hidden.dtype}")
     if not 0 <= cls_index < tokens:
@@ -194,7 +212,7 @@ def token_merge(hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_inde
     size_out = size_c.new_empty(batch, tokens - r, 1)
     workspace_bytes = lib.rmeeto_token_merge_workspace_size(batch, tokens, r)
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=hidden.device)
-    with torch.cuda.device(hidden.device):
+    with _on(hidden.device):
         status = lib.rmeeto_token_merge(
             _KERNEL_DTYPES[hidden.dtype], batch, tokens, channels, r, cls_index,
             _pointer(hidden_c), _pointer(residual_c), _pointer(size_c),

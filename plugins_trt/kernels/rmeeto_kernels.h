@@ -44,6 +44,11 @@ typedef enum rmeeto_dtype
  * (valid until its next failure), since the failing call has already cleared cudaGetLastError(). */
 RMEETO_API const char* rmeeto_status_string(rmeeto_status_t status);
 
+/* 1 when built for the emulated device (plugins_trt/tests/emulation): the kernels then run on the
+ * calling CPU thread, every pointer is host memory, the stream is ignored and the call returns when
+ * the work is done. 0 for the CUDA build. */
+RMEETO_API int rmeeto_kernels_emulated(void);
+
 /* ---- selective scan forward -------------------------------------------------------------------
  * Per batch b, channel d, state n, step t, in fp32 (mamba-ssm selective_scan_ref semantics):
  *   dt = delta_softplus ? softplus(delta + delta_bias) : delta + delta_bias

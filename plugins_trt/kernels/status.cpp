@@ -30,3 +30,12 @@ extern "C" const char* rmeeto_status_string(rmeeto_status_t status)
     }
     return "unknown status";
 }
+
+extern "C" int rmeeto_kernels_emulated(void)
+{
+#ifdef RMEETO_EMULATED_DEVICE
+    return 1;
+#else
+    return 0;
+#endif
+}

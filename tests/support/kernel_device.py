@@ -1,0 +1,95 @@
+"""The device the kernel tests run on, and builds of plugins_trt for the tests.
+
+``kernel_device`` gives one test body both devices: with a CUDA GPU, the CUDA build of
+librmeeto_kernels.so and CUDA tensors; without one (CI), the build for the emulated device
+(plugins_trt/tests/emulation, made once per session) and CPU tensors. Either way the kernels are the
+same .cu sources, called through rmeeto_export.kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from rmeeto_export import kernels
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGINS_DIR = REPO / "plugins_trt"
+HAS_CMAKE = shutil.which("cmake") is not None
+HAS_TOOLCHAIN = HAS_CMAKE and shutil.which("nvcc") is not None
+
+
+def cmake_build(build_dir: Path, *options: str, target: str | None = None) -> float:
+    """Configure plugins_trt into build_dir and build one target (all without one); returns the seconds it took."""
+    start = time.monotonic()
+    subprocess.run(["cmake", "-S", str(PLUGINS_DIR), "-B", str(build_dir), *options], check=True, capture_output=True)
+    jobs = os.environ.get("RMEETO_BUILD_JOBS", "2")  # CI machines have 2 shared cores
+    build = ["cmake", "--build", str(build_dir), "-j", jobs] + (["--target", target] if target else [])
+    subprocess.run(build, check=True, capture_output=True)
+    return time.monotonic() - start
+
+
+@dataclass(frozen=True)
+class KernelDevice:
+    """Where the kernels run: the torch device of their tensors and the library that runs them there."""
+
+    device: torch.device
+    library: Path
+
+    @property
+    def emulated(self) -> bool:
+        return self.device.type == "cpu"
+
+
+@pytest.fixture(scope="session")
+def emulated_build(tmp_path_factory) -> Path:
+    """plugins_trt built for the emulated device: librmeeto_kernels.so and rmeeto_emulation_selftest."""
+    if not HAS_CMAKE:
+        pytest.skip("cmake is needed to build the emulated kernels")
+    build_dir = tmp_path_factory.mktemp("plugins_emulated")
+    seconds = cmake_build(build_dir, "-DRMEETO_EMULATED_DEVICE=ON", "-DTENSORRT_ROOT=")
+    print(f"plugins_trt for the emulated device built in {seconds:.1f} s")
+    return build_dir
+
+
+def _cuda_library(tmp_path_factory) -> Path:
+    """The CUDA build `make plugins` made, if it is current, else a fresh one for this GPU."""
+    built = next((path for path in kernels.library_candidates() if path.is_file()), None)
+    if built is not None:
+        try:
+            if ctypes.CDLL(str(built)).rmeeto_kernels_emulated() == 0:
+                return built
+        except (OSError, AttributeError):  # built from older sources: make a fresh one
+            pass
+    if not HAS_TOOLCHAIN:
+        pytest.skip("a GPU but no current CUDA librmeeto_kernels.so, and no cmake/nvcc to build one")
+    build_dir = tmp_path_factory.mktemp("plugins_native")
+    cmake_build(build_dir, "-DTENSORRT_ROOT=", "-DRMEETO_CUDA_ARCHS=native", target="rmeeto_kernels")
+    return build_dir / kernels.LIBRARY_NAME
+
+
+@pytest.fixture(scope="session")
+def kernel_library(request, tmp_path_factory) -> KernelDevice:
+    """The real GPU when there is one, else the emulated device."""
+    if torch.cuda.is_available():
+        return KernelDevice(torch.device("cuda"), _cuda_library(tmp_path_factory))
+    return KernelDevice(torch.device("cpu"), request.getfixturevalue("emulated_build") / kernels.LIBRARY_NAME)
+
+
+@pytest.fixture
+def kernel_device(kernel_library, monkeypatch) -> KernelDevice:
+    """rmeeto_export.kernels loads kernel_library's library for this test (and only this test)."""
+    monkeypatch.setenv(kernels.LIBRARY_ENV_VAR, str(kernel_library.library))
+    kernels.load_library.cache_clear()
+    if kernel_library.device.type == "cuda":
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # the references' matmuls: true fp32
+    yield kernel_library
+    kernels.load_library.cache_clear()
