@@ -29,6 +29,9 @@ TRT_HEADER_ROOTS = Path(os.environ.get("RMEETO_TRT_HEADERS_ROOT", "/opt/trt-head
 DEFAULT_ARCHS = ("75", "80", "86", "87", "89", "90")
 needs_toolchain = pytest.mark.skipif(not HAS_TOOLCHAIN, reason="cmake and nvcc are needed to build plugins_trt")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# Kernel tests on the kernel_device fixture: a real GPU when there is one (so `make gpu-check`, which
+# runs `pytest -m gpu`, includes them), else the emulated device.
+on_kernel_device = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +174,7 @@ def test_registering_the_cuda_kernels_needs_the_library(monkeypatch, tmp_path):
         kernels.load_library.cache_clear()
 
 
+@on_kernel_device
 def test_tensors_off_the_kernels_device_are_a_user_error(kernel_device):
     assert kernels.emulated() == kernel_device.emulated
     wanted = "emulated CUDA kernels need CPU tensors" if kernel_device.emulated else "CUDA kernels need CUDA tensors"
@@ -261,6 +265,7 @@ def _check_scan(case, dtype, device):
     SCAN_CASES + (GPU_SCAN_CASES if torch.cuda.is_available() else []),
     ids=lambda c: "b{}_d{}_n{}_l{}_rev{}_sp{}_opt{}".format(*c),
 )
+@on_kernel_device
 def test_selective_scan_matches_reference(kernel_device, case, dtype):
     _check_scan(case, dtype, kernel_device.device)
 
@@ -270,6 +275,7 @@ def _scan_chunk(dstate: int) -> int:
     return 64 if dstate <= 16 else 32
 
 
+@on_kernel_device
 def test_selective_scan_every_dstate_around_chunk_bounds(kernel_device):
     """Every d_state the C API accepts, at lengths around its chunk: one short of it, exactly one
     chunk, one over, and two chunks plus one, in both directions."""
@@ -282,6 +288,7 @@ def test_selective_scan_every_dstate_around_chunk_bounds(kernel_device):
             _check_scan((2, 40, dstate, length, reverse, True, True), torch.float32, kernel_device.device)
 
 
+@on_kernel_device
 def test_reverse_scan_is_the_flipped_forward_scan(kernel_device):
     inputs = _scan_inputs(2, 64, 16, 131, True, torch.float32, 7, kernel_device.device)
     flipped = {k: v.flip(-1) if v.dim() == 3 else v for k, v in inputs.items()}
@@ -353,6 +360,7 @@ GPU_MERGE_CASES = [
     MERGE_CASES + (GPU_MERGE_CASES if torch.cuda.is_available() else []),
     ids=lambda c: "b{}_t{}_c{}_r{}_cls{}".format(*c),
 )
+@on_kernel_device
 def test_token_merge_matches_reference_on_tie_free_inputs(kernel_device, case, dtype):
     batch, tokens, channels, r, cls_index = case
     for seed in range(200):
@@ -373,6 +381,7 @@ TIE_PROTOTYPES[1, [0, 1, 4, 5]] = 1.0
 TIE_PROTOTYPES[2, [0, 6, 7, 8]] = torch.tensor([-1.0, 1.0, 1.0, 1.0])
 
 
+@on_kernel_device
 @pytest.mark.parametrize("cls_index", [0, 10, 20])
 @pytest.mark.parametrize("r", [1, 6, 10])
 def test_token_merge_breaks_exact_ties_like_the_reference(kernel_device, r, cls_index):
@@ -386,6 +395,7 @@ def test_token_merge_breaks_exact_ties_like_the_reference(kernel_device, r, cls_
     _assert_merge_is_the_reference(hidden, residual, size, r, cls_index, kernel_device.device)
 
 
+@on_kernel_device
 def test_token_merge_of_identical_tokens(kernel_device):
     # Every score equal: only the tie-breaks decide.
     hidden = torch.ones(2, 21, 16)
@@ -393,6 +403,7 @@ def test_token_merge_of_identical_tokens(kernel_device):
     _assert_merge_is_the_reference(hidden, residual, torch.ones(2, 21, 1), 6, 10, kernel_device.device)
 
 
+@on_kernel_device
 def test_r_zero_returns_copies(kernel_device):
     hidden, residual, size = (t.to(kernel_device.device) for t in _merge_inputs(2, 9, 8, torch.float16, 0))
     out = kernels.token_merge(hidden, residual, size, 0, 4)
@@ -400,6 +411,7 @@ def test_r_zero_returns_copies(kernel_device):
         assert torch.equal(got, given) and got.data_ptr() != given.data_ptr()
 
 
+@on_kernel_device
 def test_c_api_with_r_zero_is_an_identity(kernel_device):
     """The op's contract for r = 0 (what the TensorRT plugin relies on): outputs equal the inputs bit
     for bit, although (x * size) / size is not always x for sizes that are not integers."""
