@@ -36,8 +36,8 @@ def selective_scan_reference(
     D: Optional[Tensor] = None,
     z: Optional[Tensor] = None,
     delta_bias: Optional[Tensor] = None,
-    delta_softplus: bool = True,
-    reverse: bool = False,
+    delta_softplus: bool = SELECTIVE_SCAN.defaults["delta_softplus"],
+    reverse: bool = SELECTIVE_SCAN.defaults["reverse"],
 ) -> Tensor:
     """Selective scan, channel-major: u, delta, z (b, d, l); B, C (b, n, l); A (d, n).
 

@@ -17,6 +17,7 @@ from rmeeto_export.trt.plugins import (
     load_plugins,
 )
 from rmeeto_export.trt.python_plugins import accepts_type, field_values, python_plugin_creators
+from tests.support.backends import tensorrt_rtx_or_skip
 
 
 class _Field:
@@ -32,14 +33,6 @@ def test_field_values_fill_defaults_and_keep_given_ones():
 def test_field_values_require_the_merge_schedule():
     with pytest.raises(ValueError, match="TokenMerge: missing attribute"):
         field_values([_Field("r", 11)], TOKEN_MERGE)
-
-
-@pytest.fixture
-def no_plugin_library(monkeypatch, tmp_path):
-    """No $RMEETO_TRT_PLUGINS and no build/ folder, wherever the tests run."""
-    monkeypatch.delenv(plugins_module.PLUGIN_LIBRARY_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(plugins_module, "_REPO_ROOT", tmp_path)
 
 
 def test_no_library_found(no_plugin_library):
@@ -60,13 +53,13 @@ def test_library_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_plugins_on_without_the_library_is_a_user_error(no_plugin_library):
-    rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    rtx = tensorrt_rtx_or_skip()
     with pytest.raises(UserError, match="plugins=on but the C\\+\\+ plugin library librmeeto_trt_plugins.so was not found"):
         load_plugins(Backend("tensorrt-rtx", rtx), "on")
 
 
 def test_plugins_auto_without_the_library_uses_the_python_plugins(no_plugin_library):
-    rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    rtx = tensorrt_rtx_or_skip()
     backend = Backend("tensorrt-rtx", rtx)
     assert load_plugins(backend, "auto") == PluginSource(None, None)
     creators = python_plugin_creators(rtx)
@@ -91,7 +84,7 @@ def test_plugin_source_json_round_trip():
 @pytest.fixture
 def rtx_linked_elf():
     """A real shared library that links TensorRT-RTX: the tensorrt_rtx Python bindings."""
-    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    tensorrt_rtx_or_skip()
     import tensorrt_rtx_bindings
 
     return Path(tensorrt_rtx_bindings.tensorrt_rtx.__file__)
@@ -157,7 +150,7 @@ def _types(rtx, names):
     ],
 )
 def test_plugin_type_rule(plugin, names, accepted):
-    rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    rtx = tensorrt_rtx_or_skip()
     types = _types(rtx, names)
     num_inputs = (8 if len(types) > 5 else 5) if plugin == "SelectiveScan" else 3
     verdicts = [accepts_type(rtx, plugin, pos, num_inputs, types) for pos in range(len(types))]
@@ -169,7 +162,7 @@ def test_plugin_type_rule(plugin, names, accepted):
 @pytest.mark.parametrize("activation", ["float32", "float16", "bfloat16"])
 def test_selective_scan_output_takes_the_activation_type(num_inputs, activation):
     """y sits at position num_inputs: with 5 inputs that is position 5, D's position in an 8-input node."""
-    rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
+    rtx = tensorrt_rtx_or_skip()
     names = [activation] * 2 + ["float32"] + [activation] * 2 + (["float32", activation, "float32"] if num_inputs == 8 else [])
     types = _types(rtx, names + [activation])
     assert all(accepts_type(rtx, "SelectiveScan", pos, num_inputs, types) for pos in range(num_inputs + 1))
