@@ -1,16 +1,35 @@
-// CPU check of the TensorRT plugin glue against the real TensorRT headers, without a GPU or
-// libnvinfer: creators, attribute parsing and validation, serialisation after clone, type and
-// format negotiation, build-time schedule checks, workspace sizing. Exit status = failed checks.
+// Drives the rmeeto TensorRT plugins the way TensorRT does, on the CPU, without TensorRT's libraries:
+//  1. loading: dlopens the plugin library, as polygraphy --plugins and trtexec --staticPlugins do (its
+//     static initialiser must register both creators with getPluginRegistry(), here the recording
+//     stand-in of plugin_registry_stub.cpp), then calls setLoggerFinder and getCreators, as
+//     IPluginRegistry::loadLibrary and trtexec --dynamicPlugins do (the static registration is withdrawn);
+//  2. build-time glue, through the loaded creators: attributes and validation, serialisation after
+//     clone, type and format negotiation, configurePlugin's shape and schedule checks, workspace size;
+//  3. with a cases file (tests/trt/test_plugin_glue.py writes it with inputs from the PyTorch
+//     references), each case through TensorRT's sequence: createPlugin with the node's fields, clone,
+//     getFieldsToSerialize and createPlugin again in the runtime phase, getOutputDataTypes,
+//     getOutputShapes (through an expression builder), supportsFormatCombination, configurePlugin,
+//     getWorkspaceSize, attachToContext, onShapeChange and enqueue on host memory, which the kernels
+//     library built for the emulated device runs. Outputs are written beside the cases for the test
+//     to compare with the references.
+//
+//     rmeeto_plugin_glue_check [<plugin library> [<cases file>]]
+// The library defaults to librmeeto_trt_plugins_for_check.so beside the executable (same build).
+// Exit status: the number of failed checks.
+#include "plugin_registry_stub.h"
 #include "selective_scan_plugin.h"
 #include "token_merge_plugin.h"
 
+#include <dlfcn.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
-
-extern "C" nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
 
 namespace
 {
@@ -19,6 +38,7 @@ using rmeeto::plugin::SelectiveScanPlugin;
 using rmeeto::plugin::TokenMergePlugin;
 
 int gFailures = 0;
+std::vector<nvinfer1::IPluginCreatorV3One*> gCreators; // from the loaded library's getCreators
 
 void check(bool ok, std::string const& what)
 {
@@ -32,14 +52,11 @@ struct Field
     int32_t value;
 };
 
-nvinfer1::IPluginCreatorV3One* creatorNamed(char const* name)
+nvinfer1::IPluginCreatorV3One* creatorNamed(std::string const& name)
 {
-    int32_t count = 0;
-    nvinfer1::IPluginCreatorInterface* const* creators = getCreators(count);
-    for (int32_t i = 0; i < count; ++i)
+    for (nvinfer1::IPluginCreatorV3One* creator : gCreators)
     {
-        auto* creator = static_cast<nvinfer1::IPluginCreatorV3One*>(creators[i]);
-        if (std::strcmp(creator->getPluginName(), name) == 0)
+        if (name == creator->getPluginName())
         {
             return creator;
         }
@@ -64,7 +81,15 @@ int32_t serialisedField(nvinfer1::IPluginV3& plugin, char const* name)
     auto* runtime = static_cast<nvinfer1::IPluginV3OneRuntime*>(
         plugin.getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
     nvinfer1::PluginFieldCollection const* fields = runtime->getFieldsToSerialize();
-    return rmeeto::plugin::findInt32Field(fields, name).value_or(-12345);
+    for (int32_t i = 0; i < fields->nbFields; ++i)
+    {
+        nvinfer1::PluginField const& field = fields->fields[i];
+        if (std::strcmp(field.name, name) == 0 && field.type == nvinfer1::PluginFieldType::kINT32 && field.length == 1)
+        {
+            return *static_cast<int32_t const*>(field.data);
+        }
+    }
+    return -12345;
 }
 
 nvinfer1::IPluginV3OneBuild& build(nvinfer1::IPluginV3& plugin)
@@ -95,11 +120,62 @@ std::vector<nvinfer1::DynamicPluginTensorDesc> descs(
     return result;
 }
 
-void checkCreators()
+struct Logger final : nvinfer1::ILogger
 {
+    void log(Severity severity, nvinfer1::AsciiChar const* message) noexcept override
+    {
+        std::printf("     %s %s\n", severity == Severity::kERROR ? "logged error:" : "logged:", message);
+    }
+};
+
+struct LoggerFinder final : nvinfer1::ILoggerFinder
+{
+    nvinfer1::ILogger* findLogger() override
+    {
+        return &logger;
+    }
+    Logger logger;
+};
+
+// Loads the library like polygraphy (dlopen only), then like IPluginRegistry::loadLibrary and trtexec
+// --dynamicPlugins (setLoggerFinder, getCreators); fills gCreators. False when it cannot be loaded.
+bool loadLibrary(char const* path)
+{
+    void* library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    check(library != nullptr, std::string("dlopen ") + path + (library ? "" : std::string(": ") + dlerror()));
+    if (library == nullptr)
+    {
+        return false;
+    }
+    std::vector<std::string> const both{"rmeeto::SelectiveScan v1", "rmeeto::TokenMerge v1"};
+    check(registeredCreators() == both, "dlopen alone registers both creators (static registration)");
+
+    using SetLoggerFinder = void (*)(nvinfer1::ILoggerFinder*);
+    using GetCreators = nvinfer1::IPluginCreatorInterface* const* (*) (int32_t&);
+    auto setLoggerFinder = reinterpret_cast<SetLoggerFinder>(dlsym(library, "setLoggerFinder"));
+    auto getCreators = reinterpret_cast<GetCreators>(dlsym(library, "getCreators"));
+    check(setLoggerFinder != nullptr && getCreators != nullptr, "exports setLoggerFinder and getCreators");
+    if (setLoggerFinder == nullptr || getCreators == nullptr)
+    {
+        return false;
+    }
+    static LoggerFinder finder;
+    setLoggerFinder(&finder);
     int32_t count = 0;
     nvinfer1::IPluginCreatorInterface* const* creators = getCreators(count);
     check(count == 2 && creators != nullptr, "getCreators returns two creators");
+    check(registeredCreators().empty(), "getCreators withdraws the static registration (no duplicates for the loader)");
+    for (int32_t i = 0; i < count; ++i)
+    {
+        check(std::strcmp(creators[i]->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0,
+            "creator " + std::to_string(i) + " is an IPluginCreatorV3One");
+        gCreators.push_back(static_cast<nvinfer1::IPluginCreatorV3One*>(creators[i]));
+    }
+    return count == 2;
+}
+
+void checkCreators()
+{
     for (char const* name : {"SelectiveScan", "TokenMerge"})
     {
         nvinfer1::IPluginCreatorV3One* creator = creatorNamed(name);
@@ -251,14 +327,430 @@ void checkTokenMergeBuild()
     }
 }
 
+// ---- cases: TensorRT's call sequence down to enqueue ------------------------------------------------
+
+// Constant dimension expressions, evaluated as TensorRT's builder would for static shapes.
+class ConstantExpr final : public nvinfer1::IDimensionExpr
+{
+public:
+    explicit ConstantExpr(int64_t value)
+        : mValue(value)
+    {
+        mImpl = &mValue;
+    }
+
+private:
+    struct Value final : nvinfer1::apiv::VDimensionExpr
+    {
+        explicit Value(int64_t v)
+            : value(v)
+        {
+        }
+        bool isConstant() const override
+        {
+            return true;
+        }
+        int64_t getConstantValue() const override
+        {
+            return value;
+        }
+        bool isSizeTensor() const override
+        {
+            return false;
+        }
+        int64_t value;
+    } mValue;
+};
+
+class ExprBuilder final : public nvinfer1::IExprBuilder
+{
+public:
+    ExprBuilder()
+    {
+        mImpl = &mBuilder;
+    }
+
+private:
+    struct Builder final : nvinfer1::apiv::VExprBuilder
+    {
+        nvinfer1::IDimensionExpr const* constant(int64_t value) override
+        {
+            exprs.push_back(std::make_unique<ConstantExpr>(value));
+            return exprs.back().get();
+        }
+        nvinfer1::IDimensionExpr const* operation(nvinfer1::DimensionOperation op, nvinfer1::IDimensionExpr const& first,
+            nvinfer1::IDimensionExpr const& second) override
+        {
+            int64_t const a = first.getConstantValue();
+            int64_t const b = second.getConstantValue();
+            using Op = nvinfer1::DimensionOperation;
+            switch (op)
+            {
+            case Op::kSUM: return constant(a + b);
+            case Op::kPROD: return constant(a * b);
+            case Op::kMAX: return constant(a > b ? a : b);
+            case Op::kMIN: return constant(a < b ? a : b);
+            case Op::kSUB: return constant(a - b);
+            case Op::kEQUAL: return constant(a == b ? 1 : 0);
+            case Op::kLESS: return constant(a < b ? 1 : 0);
+            case Op::kFLOOR_DIV: return constant(a / b - ((a % b != 0) && ((a < 0) != (b < 0)) ? 1 : 0));
+            case Op::kCEIL_DIV: return constant(a / b + ((a % b != 0) && ((a < 0) == (b < 0)) ? 1 : 0));
+            }
+            return nullptr;
+        }
+        nvinfer1::IDimensionExpr const* declareSizeTensor(
+            int32_t, nvinfer1::IDimensionExpr const&, nvinfer1::IDimensionExpr const&) override
+        {
+            return nullptr; // our plugins have no data-dependent shapes
+        }
+        std::vector<std::unique_ptr<ConstantExpr>> exprs;
+    } mBuilder;
+};
+
+struct HostBuffer
+{
+    explicit HostBuffer(size_t bytes)
+        : data(bytes == 0 ? nullptr : std::aligned_alloc(256, (bytes + 255) / 256 * 256))
+        , size(bytes)
+    {
+    }
+    HostBuffer(HostBuffer&& other) noexcept
+        : data(other.data)
+        , size(other.size)
+    {
+        other.data = nullptr;
+    }
+    HostBuffer(HostBuffer const&) = delete;
+    ~HostBuffer()
+    {
+        std::free(data);
+    }
+    void* data;
+    size_t size;
+};
+
+struct TypeName
+{
+    char const* name;
+    DataType type;
+    size_t bytes;
+};
+TypeName const kTypes[] = {{"float32", DataType::kFLOAT, 4}, {"float16", DataType::kHALF, 2}, {"bfloat16", DataType::kBF16, 2}};
+
+TypeName const* typeNamed(std::string const& name)
+{
+    for (TypeName const& t : kTypes)
+    {
+        if (name == t.name)
+        {
+            return &t;
+        }
+    }
+    return nullptr;
+}
+
+TypeName const* typeOf(DataType type)
+{
+    for (TypeName const& t : kTypes)
+    {
+        if (t.type == type)
+        {
+            return &t;
+        }
+    }
+    return nullptr;
+}
+
+size_t elements(nvinfer1::Dims const& dims)
+{
+    size_t count = 1;
+    for (int32_t k = 0; k < dims.nbDims; ++k)
+    {
+        count *= static_cast<size_t>(dims.d[k]);
+    }
+    return count;
+}
+
+struct Case
+{
+    std::string id;
+    std::string plugin;
+    std::vector<std::string> fieldNames;
+    std::vector<int32_t> fieldValues;
+    std::vector<nvinfer1::PluginTensorDesc> inputs;
+};
+
+// One line: <id> <plugin> <#fields> {<name> <value>} <#inputs> {<dtype> <rank> {<dim>}}
+bool parseCase(std::string const& line, Case& c)
+{
+    std::istringstream in(line);
+    size_t fields = 0;
+    size_t inputs = 0;
+    if (!(in >> c.id >> c.plugin >> fields))
+    {
+        return false;
+    }
+    c.fieldNames.resize(fields);
+    c.fieldValues.resize(fields);
+    for (size_t i = 0; i < fields; ++i)
+    {
+        in >> c.fieldNames[i] >> c.fieldValues[i];
+    }
+    in >> inputs;
+    for (size_t i = 0; i < inputs && in; ++i)
+    {
+        std::string dtype;
+        nvinfer1::PluginTensorDesc desc{};
+        in >> dtype >> desc.dims.nbDims;
+        for (int32_t k = 0; k < desc.dims.nbDims; ++k)
+        {
+            in >> desc.dims.d[k];
+        }
+        TypeName const* type = typeNamed(dtype);
+        if (type == nullptr)
+        {
+            return false;
+        }
+        desc.type = type->type;
+        desc.format = nvinfer1::TensorFormat::kLINEAR;
+        desc.scale = 1.f;
+        c.inputs.push_back(desc);
+    }
+    return static_cast<bool>(in);
+}
+
+bool readFile(std::string const& path, HostBuffer& buffer)
+{
+    std::ifstream file(path, std::ios::binary);
+    file.read(static_cast<char*>(buffer.data), static_cast<std::streamsize>(buffer.size));
+    return file.gcount() == static_cast<std::streamsize>(buffer.size) && file.peek() == EOF;
+}
+
+std::string dimsText(nvinfer1::Dims const& dims)
+{
+    std::string text = std::to_string(dims.nbDims);
+    for (int32_t k = 0; k < dims.nbDims; ++k)
+    {
+        text += " " + std::to_string(dims.d[k]);
+    }
+    return text;
+}
+
+nvinfer1::DynamicPluginTensorDesc dynamicDesc(nvinfer1::PluginTensorDesc const& desc)
+{
+    nvinfer1::DynamicPluginTensorDesc result{};
+    result.desc = desc;
+    result.min = result.opt = result.max = desc.dims;
+    return result;
+}
+
+// Returns the step that failed, empty when the case ran; writes <id>.out<k> and a results line.
+std::string runCase(Case const& c, std::string const& dir, std::ofstream& results)
+{
+    nvinfer1::IPluginCreatorV3One* creator = creatorNamed(c.plugin);
+    if (creator == nullptr)
+    {
+        return "no creator named " + c.plugin;
+    }
+    std::vector<nvinfer1::PluginField> fields;
+    for (size_t i = 0; i < c.fieldNames.size(); ++i)
+    {
+        fields.emplace_back(c.fieldNames[i].c_str(), &c.fieldValues[i], nvinfer1::PluginFieldType::kINT32, 1);
+    }
+    nvinfer1::PluginFieldCollection const collection{static_cast<int32_t>(fields.size()), fields.data()};
+    std::unique_ptr<nvinfer1::IPluginV3> parsed(creator->createPlugin(c.plugin.c_str(), &collection, nvinfer1::TensorRTPhase::kBUILD));
+    if (!parsed)
+    {
+        return "createPlugin with the node's fields";
+    }
+    // The builder works on clones; the engine keeps getFieldsToSerialize's fields and re-creates from them.
+    std::unique_ptr<nvinfer1::IPluginV3> plugin(parsed->clone());
+    parsed.reset();
+    if (!plugin)
+    {
+        return "clone";
+    }
+    nvinfer1::IPluginV3OneBuild& b = build(*plugin);
+    for (size_t i = 0; i < c.fieldNames.size(); ++i)
+    {
+        if (serialisedField(*plugin, c.fieldNames[i].c_str()) != c.fieldValues[i])
+        {
+            return "the clone serialises " + c.fieldNames[i];
+        }
+    }
+    auto* runtimeOfBuild = static_cast<nvinfer1::IPluginV3OneRuntime*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    std::unique_ptr<nvinfer1::IPluginV3> deserialised(creator->createPlugin(
+        c.plugin.c_str(), runtimeOfBuild->getFieldsToSerialize(), nvinfer1::TensorRTPhase::kRUNTIME));
+    if (!deserialised)
+    {
+        return "createPlugin from the serialised fields (runtime phase)";
+    }
+
+    int32_t const nbInputs = static_cast<int32_t>(c.inputs.size());
+    int32_t const nbOutputs = b.getNbOutputs();
+    std::vector<DataType> inputTypes;
+    for (nvinfer1::PluginTensorDesc const& desc : c.inputs)
+    {
+        inputTypes.push_back(desc.type);
+    }
+    std::vector<DataType> outputTypes(nbOutputs);
+    if (b.getOutputDataTypes(outputTypes.data(), nbOutputs, inputTypes.data(), nbInputs) != 0)
+    {
+        return "getOutputDataTypes";
+    }
+    ExprBuilder exprs;
+    std::vector<nvinfer1::DimsExprs> inputShapes(nbInputs);
+    for (int32_t i = 0; i < nbInputs; ++i)
+    {
+        inputShapes[i].nbDims = c.inputs[i].dims.nbDims;
+        for (int32_t k = 0; k < inputShapes[i].nbDims; ++k)
+        {
+            inputShapes[i].d[k] = exprs.constant(c.inputs[i].dims.d[k]);
+        }
+    }
+    std::vector<nvinfer1::DimsExprs> outputShapes(nbOutputs);
+    if (b.getOutputShapes(inputShapes.data(), nbInputs, nullptr, 0, outputShapes.data(), nbOutputs, exprs) != 0)
+    {
+        return "getOutputShapes";
+    }
+    std::vector<nvinfer1::PluginTensorDesc> outputs(nbOutputs);
+    for (int32_t i = 0; i < nbOutputs; ++i)
+    {
+        outputs[i].dims.nbDims = outputShapes[i].nbDims;
+        for (int32_t k = 0; k < outputShapes[i].nbDims; ++k)
+        {
+            if (outputShapes[i].d[k] == nullptr || !outputShapes[i].d[k]->isConstant())
+            {
+                return "getOutputShapes gives constant dimensions for constant inputs";
+            }
+            outputs[i].dims.d[k] = outputShapes[i].d[k]->getConstantValue();
+        }
+        outputs[i].type = outputTypes[i];
+        outputs[i].format = nvinfer1::TensorFormat::kLINEAR;
+        outputs[i].scale = 1.f;
+        if (typeOf(outputTypes[i]) == nullptr)
+        {
+            return "getOutputDataTypes gives a float type";
+        }
+    }
+    std::vector<nvinfer1::DynamicPluginTensorDesc> io;
+    for (nvinfer1::PluginTensorDesc const& desc : c.inputs)
+    {
+        io.push_back(dynamicDesc(desc));
+    }
+    for (nvinfer1::PluginTensorDesc const& desc : outputs)
+    {
+        io.push_back(dynamicDesc(desc));
+    }
+    for (int32_t pos = 0; pos < nbInputs + nbOutputs; ++pos)
+    {
+        if (!b.supportsFormatCombination(pos, io.data(), nbInputs, nbOutputs))
+        {
+            return "supportsFormatCombination refuses position " + std::to_string(pos);
+        }
+    }
+    if (b.configurePlugin(io.data(), nbInputs, io.data() + nbInputs, nbOutputs) != 0)
+    {
+        return "configurePlugin";
+    }
+    HostBuffer workspace(b.getWorkspaceSize(io.data(), nbInputs, io.data() + nbInputs, nbOutputs));
+
+    std::vector<HostBuffer> inputBuffers;
+    std::vector<void const*> inputPointers;
+    for (int32_t i = 0; i < nbInputs; ++i)
+    {
+        inputBuffers.emplace_back(elements(c.inputs[i].dims) * typeOf(c.inputs[i].type)->bytes);
+        if (!readFile(dir + "/" + c.id + ".in" + std::to_string(i), inputBuffers.back()))
+        {
+            return "reading input " + std::to_string(i) + " (size differs from its shape)";
+        }
+        inputPointers.push_back(inputBuffers.back().data);
+    }
+    std::vector<HostBuffer> outputBuffers;
+    std::vector<void*> outputPointers;
+    for (int32_t i = 0; i < nbOutputs; ++i)
+    {
+        outputBuffers.emplace_back(elements(outputs[i].dims) * typeOf(outputs[i].type)->bytes);
+        std::memset(outputBuffers.back().data, 0xff, outputBuffers.back().size); // NaN until written
+        outputPointers.push_back(outputBuffers.back().data);
+    }
+
+    auto* runtimeOfDeserialised = static_cast<nvinfer1::IPluginV3OneRuntime*>(
+        deserialised->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    std::unique_ptr<nvinfer1::IPluginV3> attached(runtimeOfDeserialised->attachToContext(nullptr));
+    if (!attached)
+    {
+        return "attachToContext";
+    }
+    auto* runtime = static_cast<nvinfer1::IPluginV3OneRuntime*>(
+        attached->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    if (runtime->onShapeChange(c.inputs.data(), nbInputs, outputs.data(), nbOutputs) != 0)
+    {
+        return "onShapeChange";
+    }
+    if (runtime->enqueue(c.inputs.data(), outputs.data(), inputPointers.data(), outputPointers.data(), workspace.data,
+            nullptr)
+        != 0)
+    {
+        return "enqueue";
+    }
+    for (int32_t i = 0; i < nbOutputs; ++i)
+    {
+        std::ofstream file(dir + "/" + c.id + ".out" + std::to_string(i), std::ios::binary);
+        file.write(static_cast<char const*>(outputBuffers[i].data), static_cast<std::streamsize>(outputBuffers[i].size));
+        results << c.id << " " << i << " " << typeOf(outputs[i].type)->name << " " << dimsText(outputs[i].dims) << "\n";
+    }
+    return {};
+}
+
+void runCases(std::string const& casesPath)
+{
+    std::ifstream cases(casesPath);
+    check(cases.good(), "read " + casesPath);
+    std::string const dir = casesPath.substr(0, casesPath.find_last_of('/'));
+    std::ofstream results(dir + "/results.txt");
+    std::string line;
+    int ran = 0;
+    while (std::getline(cases, line))
+    {
+        Case c;
+        if (!parseCase(line, c))
+        {
+            check(false, "parse case line: " + line);
+            continue;
+        }
+        std::string const failed = runCase(c, dir, results);
+        check(failed.empty(), "case " + c.id + (failed.empty() ? "" : ": " + failed));
+        ++ran;
+    }
+    std::printf("%d cases run\n", ran);
+}
+
 } // namespace
 
-int main()
+int main(int argc, char** argv)
 {
-    checkCreators();
-    checkAttributes();
-    checkSelectiveScanBuild();
-    checkTokenMergeBuild();
+    if (argc > 3)
+    {
+        std::fprintf(stderr, "usage: %s [<plugin library> [<cases file>]]\n", argv[0]);
+        return 2;
+    }
+    std::string const self = argv[0];
+    size_t const slash = self.find_last_of('/');
+    std::string const beside
+        = (slash == std::string::npos ? "./" : self.substr(0, slash + 1)) + "librmeeto_trt_plugins_for_check.so";
+    if (loadLibrary(argc >= 2 ? argv[1] : beside.c_str()))
+    {
+        checkCreators();
+        checkAttributes();
+        checkSelectiveScanBuild();
+        checkTokenMergeBuild();
+        if (argc == 3)
+        {
+            runCases(argv[2]);
+        }
+    }
     std::printf("%d failed\n", gFailures);
     return gFailures;
 }

@@ -68,7 +68,7 @@ int32_t TokenMergePlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc cons
         logError("TokenMerge: batch " + std::to_string(hidden.d[0]) + ", " + std::to_string(hidden.d[1]) + " tokens, "
             + std::to_string(hidden.d[2]) + " channels, r=" + std::to_string(r()) + " cls_index="
             + std::to_string(clsIndex()) + ": " + rmeeto_status_string(status)
-            + " (need r <= min(T/2, T-2), cls_index < T)");
+            + (status == RMEETO_STATUS_INVALID_ARGUMENT ? " (need r <= min(T/2, T-2), cls_index < T, batch <= 65535)" : ""));
         return -1;
     }
     return 0;
