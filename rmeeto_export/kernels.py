@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -25,23 +24,18 @@ from torch import Tensor
 
 from rmeeto_export.contracts import SELECTIVE_SCAN, TOKEN_MERGE
 from rmeeto_export.errors import UserError
+from rmeeto_export.libraries import library_candidates as _candidates
 
 LIBRARY_ENV_VAR = "RMEETO_KERNELS_LIB"
 LIBRARY_NAME = "librmeeto_kernels.so"
-_PACKAGE_DIR = Path(__file__).resolve().parent
-_BUILD_SUBDIR = Path("build") / "plugins_trt"
 
 # Values of rmeeto_dtype_t in plugins_trt/kernels/rmeeto_kernels.h.
 _KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def library_candidates() -> list[Path]:
-    """Where the library is looked for, in order: $RMEETO_KERNELS_LIB, build/plugins_trt/, the package."""
-    explicit = os.environ.get(LIBRARY_ENV_VAR)
-    if explicit:
-        return [Path(explicit)]
-    build_dirs = [Path.cwd() / _BUILD_SUBDIR, _PACKAGE_DIR.parent / _BUILD_SUBDIR]
-    return [directory / LIBRARY_NAME for directory in dict.fromkeys(build_dirs)] + [_PACKAGE_DIR / LIBRARY_NAME]
+    """Where the library is looked for, in order: $RMEETO_KERNELS_LIB, else build/plugins_trt/."""
+    return _candidates(LIBRARY_NAME, LIBRARY_ENV_VAR)
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -137,8 +131,8 @@ def selective_scan(
     D: Optional[Tensor] = None,
     z: Optional[Tensor] = None,
     delta_bias: Optional[Tensor] = None,
-    delta_softplus: bool = True,
-    reverse: bool = False,
+    delta_softplus: bool = SELECTIVE_SCAN.defaults["delta_softplus"],
+    reverse: bool = SELECTIVE_SCAN.defaults["reverse"],
 ) -> Tensor:
     """Selective scan forward on the GPU (or the emulated device); same semantics as models.ops.selective_scan_reference.
 

@@ -13,14 +13,14 @@ from typing import Optional
 from rmeeto_export.contracts import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from rmeeto_export.errors import UserError
 from rmeeto_export.files import file_sha256
+from rmeeto_export.libraries import library_candidates
 from rmeeto_export.trt.backend import Backend
 from rmeeto_export.trt.python_plugins import python_plugin_creators
 
 PLUGIN_MODES = ("auto", "on", "python", "off")
 PLUGIN_LIBRARY_ENV = "RMEETO_TRT_PLUGINS"
 PYTHON_PLUGINS = "python-plugins"
-_DEFAULT_LIBRARY = Path("build/plugins_trt/librmeeto_trt_plugins.so")
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+PLUGIN_LIBRARY_NAME = "librmeeto_trt_plugins.so"
 _BUILD_HINT = (
     "build it with: cmake -S plugins_trt -B build/plugins_trt -DTENSORRT_ROOT=<TensorRT prefix> && "
     f"cmake --build build/plugins_trt, or point {PLUGIN_LIBRARY_ENV} at it"
@@ -61,22 +61,16 @@ class PluginSource:
 def find_plugin_library() -> Optional[Path]:
     """$RMEETO_TRT_PLUGINS, else build/plugins_trt/librmeeto_trt_plugins.so here or in the source tree."""
     configured = os.environ.get(PLUGIN_LIBRARY_ENV)
-    if configured:
-        path = Path(configured)
-        if not path.is_file():
-            raise UserError(f"{PLUGIN_LIBRARY_ENV}={configured} is not a file; {_BUILD_HINT}")
-        return path.resolve()
-    for candidate in (Path.cwd() / _DEFAULT_LIBRARY, _REPO_ROOT / _DEFAULT_LIBRARY):
-        if candidate.is_file():
-            return candidate.resolve()
-    return None
+    if configured and not Path(configured).is_file():
+        raise UserError(f"{PLUGIN_LIBRARY_ENV}={configured} is not a file; {_BUILD_HINT}")
+    return next((path.resolve() for path in library_candidates(PLUGIN_LIBRARY_NAME, PLUGIN_LIBRARY_ENV) if path.is_file()), None)
 
 
 def require_plugin_library() -> Path:
     """The C++ plugin library (--plugins on); UserError with the way to build it when there is none."""
     library = find_plugin_library()
     if library is None:
-        raise UserError(f"plugins=on but the C++ plugin library librmeeto_trt_plugins.so was not found; {_BUILD_HINT}")
+        raise UserError(f"plugins=on but the C++ plugin library {PLUGIN_LIBRARY_NAME} was not found; {_BUILD_HINT}")
     return library
 
 

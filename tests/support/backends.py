@@ -34,8 +34,9 @@ def rtx():
 @pytest.fixture
 def no_plugin_library(monkeypatch, tmp_path):
     """No $RMEETO_TRT_PLUGINS and no build/ folder, wherever the tests run."""
-    from rmeeto_export.trt import plugins as plugins_module
+    from rmeeto_export import libraries
+    from rmeeto_export.trt.plugins import PLUGIN_LIBRARY_ENV
 
-    monkeypatch.delenv(plugins_module.PLUGIN_LIBRARY_ENV, raising=False)
+    monkeypatch.delenv(PLUGIN_LIBRARY_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(plugins_module, "_REPO_ROOT", tmp_path)
+    monkeypatch.setattr(libraries, "SOURCE_ROOT", tmp_path)
