@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from rmeeto_export.contracts import DOMAIN, DOMAIN_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION
+
 CHANNELS, STATES, LENGTH = 8, 16, 9  # d_state 16 as in Vim; the C++ kernels are compiled for it
 TOKENS, WIDTH, MERGE_R, CLS_INDEX = 9, 8, 2, 4
 _ONNX_TYPE = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
@@ -22,7 +24,8 @@ Batch = Union[int, str]  # a number, or a symbolic name for a dynamic batch
 
 def _custom_node(op_type: str, inputs: list[str], outputs: list[str], **attributes) -> onnx.NodeProto:
     return helper.make_node(
-        op_type, inputs, outputs, domain="rmeeto", plugin_namespace="rmeeto", plugin_version="1", **attributes
+        op_type, inputs, outputs, domain=DOMAIN, plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION,
+        **attributes,
     )
 
 
@@ -68,7 +71,7 @@ def write_custom_node_graph(path: Path, precision: str = "fp32", batch: Batch = 
         helper.make_tensor_value_info("size_out", fp32, [batch, TOKENS - MERGE_R, 1]),
     ]
     graph = helper.make_graph(nodes, "custom_nodes", inputs, outputs, weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("rmeeto", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
     onnx.save(model, str(path))
     return path
 
