@@ -243,14 +243,7 @@ def schedule_from_ratio(depth: int, num_tokens: int, cls_index: int, ratio: floa
         smallest = effective_ratio(depth, num_tokens, 1) / 2
         raise UserError(f"ratio {ratio} rounds to r=0 (no merging); use ratio 0, or at least {smallest:.4f} to merge")
     try:
-        _check_r(depth, num_tokens, r)
+        schedule = schedule_from_r(depth, num_tokens, cls_index, r)
     except UserError as error:
         raise UserError(f"ratio {ratio} needs r={r} tokens per merge step, which is impossible: {error}") from None
-    return MergeSchedule(
-        depth=depth,
-        num_tokens=num_tokens,
-        cls_index=cls_index,
-        r=r,
-        ratio_requested=float(ratio),
-        **_derived_fields(depth, num_tokens, cls_index, r),
-    )
+    return dataclasses.replace(schedule, ratio_requested=float(ratio))
