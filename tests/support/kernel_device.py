@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLUGINS_DIR = REPO / "plugins_trt"
 HAS_CMAKE = shutil.which("cmake") is not None
 HAS_TOOLCHAIN = HAS_CMAKE and shutil.which("nvcc") is not None
+EMULATED_BUILD_ENV_VAR = "RMEETO_EMULATED_BUILD"
 
 
 def cmake_build(build_dir: Path, *options: str, target: str | None = None) -> float:
@@ -51,7 +52,12 @@ class KernelDevice:
 
 @pytest.fixture(scope="session")
 def emulated_build(tmp_path_factory) -> Path:
-    """plugins_trt built for the emulated device: librmeeto_kernels.so and rmeeto_emulation_selftest."""
+    """plugins_trt built for the emulated device: librmeeto_kernels.so and rmeeto_emulation_selftest.
+
+    $RMEETO_EMULATED_BUILD names a build to use instead (`make kernels-emulated`: build/emulated),
+    e.g. one with sanitizers."""
+    if os.environ.get(EMULATED_BUILD_ENV_VAR):
+        return Path(os.environ[EMULATED_BUILD_ENV_VAR]).resolve()
     if not HAS_CMAKE:
         pytest.skip("cmake is needed to build the emulated kernels")
     build_dir = tmp_path_factory.mktemp("plugins_emulated")
