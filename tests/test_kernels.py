@@ -23,6 +23,7 @@ import torch
 
 from rmeeto_export import kernels
 from rmeeto_export.errors import UserError
+from tests.support.backends import tensorrt_rtx_or_skip
 from tests.support.kernel_device import HAS_TOOLCHAIN, PLUGINS_DIR, cmake_build
 
 TRT_HEADER_ROOTS = Path(os.environ.get("RMEETO_TRT_HEADERS_ROOT", "/opt/trt-headers"))
@@ -93,7 +94,7 @@ def test_plugin_library_builds_a_tensorrt_rtx_engine(tmp_path):
     dlopen and then by load_library, and builds an engine, ahead of time and without a GPU, from ONNX with a
     TokenMerge and two SelectiveScan nodes (8 and 5 inputs; fp16, fp32, bf16): parser attributes, shapes,
     formats, serialisation."""
-    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
+    tensorrt_rtx_or_skip()
     headers = TRT_HEADER_ROOTS / "v11.1" / "include"
     if not (headers / "NvInferRuntime.h").is_file():
         pytest.skip(f"TensorRT 11 headers not at {headers} (set RMEETO_TRT_HEADERS_ROOT)")
