@@ -8,7 +8,7 @@ API for the build pipeline:
 """
 
 from rmeeto_export.export.graph_checks import GraphCheckError, check_graph
-from rmeeto_export.export.onnx_export import PRECISIONS, build_onnx, export_onnx
+from rmeeto_export.export.onnx_export import build_onnx, export_onnx
 from rmeeto_export.export.parity import ParityReport, check_parity
 
-__all__ = ["PRECISIONS", "GraphCheckError", "ParityReport", "build_onnx", "check_graph", "check_parity", "export_onnx"]
+__all__ = ["GraphCheckError", "ParityReport", "build_onnx", "check_graph", "check_parity", "export_onnx"]

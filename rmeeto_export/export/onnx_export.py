@@ -29,8 +29,9 @@ from rmeeto_export.files import write_bytes_atomic
 from rmeeto_export.export.functions import ONNX_OPSET, custom_functions
 from rmeeto_export.export.static_shapes import fold_static_shapes
 from rmeeto_export.export.symbolics import ExportError, register_symbolics
+from rmeeto_export.precision import EXPORTED_PRECISIONS, check_precision
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # keys: precision.EXPORTED_PRECISIONS
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 
@@ -61,7 +62,7 @@ class _ExportGraph(nn.Module):
 
 def model_in_precision(model: nn.Module, precision: str) -> nn.Module:
     """A CPU, eval-mode copy of `model` with weights in `precision` (scan parameters stay fp32)."""
-    check_precision(precision)
+    check_precision(precision, EXPORTED_PRECISIONS)
     copied = copy.deepcopy(model).cpu().eval()
     if precision == "fp32":
         return copied.float()
@@ -70,11 +71,6 @@ def model_in_precision(model: nn.Module, precision: str) -> nn.Module:
         if name.endswith(FP32_PARAMETER_SUFFIXES):
             parameter.data = parameter.data.float()
     return copied
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
 def _check_batch(batch: int) -> None:
@@ -155,12 +151,12 @@ def inline_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
 def build_onnx(model: nn.Module, *, batch: int = 1, precision: str = "fp32", portable_graph: bool = False) -> onnx.ModelProto:
     """The ONNX model of `model` (its schedule frozen in) for a fixed batch, in memory."""
     _check_batch(batch)
-    check_precision(precision)
+    check_precision(precision, EXPORTED_PRECISIONS)
     cfg = model.cfg
     if cfg.scan_backend == "mamba_ssm":  # it bypasses the rmeeto op, so the trace would have no scan node
         raise UserError("export needs scan_backend 'auto' or 'reference' (mamba_ssm's kernels do not export)")
     example = torch.zeros(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
-    graph = _ExportGraph(model_in_precision(model, precision), PRECISIONS[precision])
+    graph = _ExportGraph(model_in_precision(model, precision), _TORCH_DTYPES[precision])
     exported = export_module(graph, (example,), [INPUT_NAME], [OUTPUT_NAME])
     return fold_static_shapes(inline_custom_ops(exported) if portable_graph else exported)
 

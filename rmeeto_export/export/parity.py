@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from rmeeto_export.errors import UserError
-from rmeeto_export.export.onnx_export import INPUT_NAME, check_precision
+from rmeeto_export.export.onnx_export import INPUT_NAME
+from rmeeto_export.precision import EXPORTED_PRECISIONS, check_precision
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def check_parity(model: nn.Module, onnx_path: Union[str, os.PathLike], inputs: t
 
     `precision` is the precision the ONNX file was exported with; it picks the tolerance.
     """
-    check_precision(precision)
+    check_precision(precision, EXPORTED_PRECISIONS)
     if not Path(onnx_path).is_file():
         raise UserError(f"ONNX model {os.fspath(onnx_path)!r} not found")
     actual, provider = run_onnx(onnx_path, inputs.float().cpu().numpy())

@@ -10,12 +10,10 @@ from rmeeto_export.trt.graph import layers_by_type
 from rmeeto_export.trt.plugins import PLUGIN_MODES
 from rmeeto_export.trt.record import BuildRecord, read_record
 from rmeeto_export.trt.runtime import Engine
-from rmeeto_export.trt.targets import PRECISIONS
 
 __all__ = [
     "BACKENDS",
     "PLUGIN_MODES",
-    "PRECISIONS",
     "BuildRecord",
     "Engine",
     "build_engine",

@@ -6,18 +6,16 @@ import re
 from typing import Optional
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.precision import check_precision
 
 ComputeCapability = tuple[int, int]
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
-# Oldest architecture with tensor-core support for each precision (Volta fp16, Turing int8,
-# Ampere bf16, Ada fp8). nvcc 13 and TensorRT-RTX start at Turing anyway.
+# Oldest architecture with tensor-core support for each of precision.PRECISIONS (Volta fp16,
+# Turing int8). nvcc 13 and TensorRT-RTX start at Turing anyway.
 _MIN_CC_FOR_PRECISION: dict[str, ComputeCapability] = {
     "fp32": (0, 0),
     "fp16": (7, 0),
-    "bf16": (8, 0),
     "int8": (7, 5),
-    "fp8": (8, 9),
 }
 # TensorRT-RTX builds ahead of time, also without a GPU (docs/tensorrt.md#tensorrt-rtx).
 DEFAULT_RTX_TARGET: ComputeCapability = (8, 9)
@@ -44,8 +42,7 @@ def sm_name(cc: ComputeCapability) -> str:
 
 def check_precision_supported(precision: str, cc: ComputeCapability) -> None:
     """UserError when ``precision`` is unknown or the target architecture cannot run it."""
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     needed = _MIN_CC_FOR_PRECISION[precision]
     if cc < needed:
         raise UserError(

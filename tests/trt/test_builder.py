@@ -102,9 +102,9 @@ def test_failed_build_leaves_no_file_and_keeps_the_old_engine(tmp_path, rtx):
     assert _files(tmp_path) == ["broken.onnx", "model.engine", "model.onnx"]
 
 
-def test_precision_the_target_cannot_run_is_a_user_error(tmp_path, rtx):
+def test_precision_no_build_makes_is_a_user_error(tmp_path, rtx):
     onnx_path = write_standard_graph(tmp_path / "model.onnx")
-    with pytest.raises(UserError, match="precision fp8 needs compute capability 8.9 or newer; the target is sm86"):
+    with pytest.raises(UserError, match="unknown precision 'fp8'; choose one of fp32, fp16, int8"):
         build_engine(onnx_path, tmp_path / "model.engine", backend="tensorrt-rtx", precision="fp8", target_cc="sm86")
 
 
