@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rmeeto_export.contracts import SELECTIVE_SCAN, TOKEN_MERGE
+from rmeeto_export.errors import UserError
 
 try:  # mamba-ssm's fused CUDA kernels (forward and backward), only on CUDA machines.
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_selective_scan
@@ -167,6 +168,11 @@ def _mamba_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     ).flip(-1)
 
 
+def check_scan_backend(backend: str) -> None:
+    if backend not in SCAN_BACKENDS:
+        raise UserError(f"unknown scan backend {backend!r}; choose one of {', '.join(SCAN_BACKENDS)}")
+
+
 def selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -186,8 +192,7 @@ def selective_scan(
     the ``rmeeto::selective_scan`` op otherwise (the reference, or whatever CUDA kernel is
     registered for the op, see rmeeto_export.kernels). "reference" always uses the op.
     """
-    if backend not in SCAN_BACKENDS:
-        raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(SCAN_BACKENDS)}")
+    check_scan_backend(backend)
     use_mamba = backend == "mamba_ssm" or (backend == "auto" and u.is_cuda and _mamba_selective_scan is not None)
     if use_mamba:
         if _mamba_selective_scan is None:

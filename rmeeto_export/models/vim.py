@@ -262,8 +262,7 @@ def resolve_config(name: str, **overrides) -> VimConfig:
     cfg = replace(VARIANTS[name], **overrides)
     if cfg.img_size % cfg.patch_size:
         raise UserError(f"img_size {cfg.img_size} is not a multiple of patch_size {cfg.patch_size}")
-    if cfg.scan_backend not in ops.SCAN_BACKENDS:
-        raise UserError(f"unknown scan backend {cfg.scan_backend!r}; choose one of {', '.join(ops.SCAN_BACKENDS)}")
+    ops.check_scan_backend(cfg.scan_backend)
     return cfg
 
 

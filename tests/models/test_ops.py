@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from rmeeto_export.errors import UserError
 from rmeeto_export.models.ops import selective_scan, selective_scan_reference
 
 
@@ -122,7 +123,7 @@ def test_fake_scan_gives_static_shapes():
 
 def test_unknown_backend_is_rejected():
     x = random_scan_inputs(1, 2, 2, 3)
-    with pytest.raises(ValueError, match="unknown scan backend"):
+    with pytest.raises(UserError, match="unknown scan backend"):
         selective_scan(**x, backend="cuda-magic")
 
 
