@@ -128,7 +128,7 @@ def export_stage(settings: BuildSettings) -> Stage:
         from rmeeto_export.export.onnx_export import inline_custom_ops
 
         export = settings.export
-        graph = build_onnx(context.values["model"], batch=export.batch, precision=exported_precision(export.precision))
+        graph = build_onnx(context.model, batch=export.batch, precision=exported_precision(export.precision))
         context.output(files.ONNX).write_bytes(graph.SerializeToString())
         context.output(files.PORTABLE_ONNX).write_bytes(inline_custom_ops(graph).SerializeToString())
         return StageResult(note=f"{files.ONNX}, {files.PORTABLE_ONNX} (batch {export.batch})")
@@ -195,7 +195,7 @@ def parity_stage(settings: BuildSettings) -> Stage:
         from rmeeto_export.calibration.parity import Int8Tolerance, compare_int8_logits
         from rmeeto_export.export.parity import compare_logits, run_onnx, torch_logits
 
-        model = context.values["model"]
+        model = context.model
         # Random weights decide nothing: their logits lie within a few % of each other, so INT8 rounding
         # swaps top-1 on about half the images (vim_t: 52%). The logit-error criteria still judge the graph.
         random_weights = context.folder.manifest.get("random_weights", False)

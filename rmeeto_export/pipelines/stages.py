@@ -59,6 +59,13 @@ class StageContext:
     def output(self, name: str) -> Path:
         return self.staging.path(name)
 
+    @property
+    def model(self) -> Any:
+        """The model the load stage made; the runner runs load before any stage that `uses` it."""
+        if "model" not in self.values:
+            raise InternalError("a stage uses the model but no load stage ran before it")
+        return self.values["model"]
+
 
 def _no_external(folder: BuildFolder) -> dict[str, Optional[str]]:
     return {}
@@ -117,8 +124,8 @@ def plan(stages: list[Stage], folder: BuildFolder, settings: BuildSettings, forc
         if runs:
             rewritten.update(stage.outputs)
     needed = {value for stage, runs in zip(stages, may_run) if runs for value in stage.uses}
-    # A stage that only makes in-memory values (load) runs when a stage that may run needs them.
-    return [bool(needed.intersection(stage.provides)) if stage.provides else runs
+    # A stage that only makes in-memory values (load) runs when forced or when a stage that may run needs them.
+    return [(stage.name in force or bool(needed.intersection(stage.provides))) if stage.provides else runs
             for stage, runs in zip(stages, may_run)]
 
 

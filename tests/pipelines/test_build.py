@@ -1,6 +1,5 @@
-"""The build job end to end on a tiny model, re-running stages, and every bad input's one-line error."""
+"""The build job end to end on a tiny model: artifacts, parity, re-training first, re-running stages alone."""
 
-import importlib.util
 import json
 
 import onnx
@@ -9,27 +8,21 @@ import torch
 from click.testing import CliRunner
 
 from rmeeto_export.cli import main
-from rmeeto_export.errors import UserError
 from rmeeto_export.files import file_sha256
 from rmeeto_export.pipelines.build import build, rerun_verify
-from rmeeto_export.pipelines.folder import BuildFolder
-from rmeeto_export.pipelines.settings import (BuildSettings, CalibrationSettings, ExportSettings, ModelSettings,
-                                              ParitySettings, RetrainSettings)
+from rmeeto_export.pipelines.settings import BuildSettings, ModelSettings, ParitySettings, RetrainSettings
 from rmeeto_export.pipelines.stages import StageFailed
-
-TINY = dict(embed_dim=32, depth=4, img_size=32, patch_size=8, num_classes=10)
-HAS_TRT = any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx"))
-
-
-def tiny_config(**groups):
-    return BuildSettings(model=ModelSettings(name="vim_t", r=2, overrides=TINY), parity=ParitySettings(samples=4)).replace(**groups)
+from tests.pipelines.conftest import assert_manifest_matches_files, tiny_settings
+from tests.support.backends import HAS_TENSORRT as HAS_TRT
+from tests.support.images import write_class_folders
+from tests.support.models import TRAINABLE_CLASSES, TRAINABLE_VIM
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("build") / "out"
     lines = []
-    folder = build(tiny_config(), out, log=lines.append)
+    folder = build(tiny_settings(), out, log=lines.append)
     return out, folder.manifest, lines
 
 
@@ -86,8 +79,8 @@ def test_verify_fails_after_writing_the_report_when_the_graph_is_wrong(built, tm
         rerun_verify(out, log=lambda _: None)
     parity = json.loads((out / "parity.json").read_text())
     assert parity["passed"] is False and parity["results"]["onnxruntime:model.onnx"]["passed"] is True
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stages"]["parity"]["status"] == "failed" and "parity" in (out / "report.md").read_text()
+    manifest = assert_manifest_matches_files(out)
+    assert manifest["stages"]["parity"]["status"] == "failed" and "| parity | failed |" in (out / "report.md").read_text()
 
 
 def test_export_rerun_is_byte_identical(built, tmp_path):
@@ -99,71 +92,14 @@ def test_export_rerun_is_byte_identical(built, tmp_path):
     assert result.exit_code == 0, result.output
     for name in ("model.onnx", "model.portable.onnx"):
         assert file_sha256(out / name) == manifest["artifacts"][name]["sha256"]
+    assert_manifest_matches_files(out)
 
 
-@pytest.fixture(scope="module")
-def vim_s_weights(tmp_path_factory):
-    with torch.device("meta"):
-        from rmeeto_export.models import create_model
-
-        shapes = {k: v.shape for k, v in create_model("vim_s").state_dict().items()}
-    path = tmp_path_factory.mktemp("weights") / "vim_s.pth"
-    torch.save({"model": {k: torch.zeros(s) for k, s in shapes.items()}}, path)
-    return path
-
-
-@pytest.mark.parametrize("case,message", [
-    ("unknown model", "unknown model 'vim_q'"),
-    ("bad ratio", "ratio"),
-    ("unwritable out", "cannot create output folder"),
-    ("missing weights", "weights file not found"),
-    ("weights of another model", "does not fit this model"),
-    ("bad precision", "Invalid value for '--precision'"),
-])
-def test_bad_input_is_one_line_and_leaves_no_files(tmp_path, vim_s_weights, case, message):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    out = tmp_path / "out"
-    args = {
-        "unknown model": ["--model", "vim_q"],
-        "bad ratio": ["--model", "vim_t", "--ratio", "1.2"],
-        "unwritable out": ["--model", "vim_t"],
-        "missing weights": ["--model", "vim_t", "--weights", str(tmp_path / "nope.pth")],
-        "weights of another model": ["--model", "vim_t", "--weights", str(vim_s_weights)],
-        "bad precision": ["--model", "vim_t", "--precision", "fp8"],
-    }[case]
-    target = blocker / "out" if case == "unwritable out" else out
-    result = CliRunner().invoke(main, ["build", *args, "--out", str(target)])
-    assert result.exit_code != 0
-    assert message in result.output
-    if case != "bad precision":  # click's own usage errors print a usage line too
-        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and "Traceback" not in result.output
-    assert not out.exists()
-
-
-def test_verify_without_a_build_folder(tmp_path):
-    result = CliRunner().invoke(main, ["verify", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "has no manifest.json" in result.output
-
-
-def test_bad_config_values(tmp_path):
-    with pytest.raises(UserError, match="batch must be at least 1"):
-        build(tiny_config(export=ExportSettings(batch=0)), tmp_path / "out")
-
-
-def test_int8_build_calibrates_and_checks_the_int8_graphs(tmp_path):
-    from PIL import Image
-
-    images = tmp_path / "calib"
-    images.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    for index in range(8):
-        pixels = (torch.rand(32, 32, 3, generator=generator) * 255).to(torch.uint8).numpy()
-        Image.fromarray(pixels).save(images / f"{index}.png")
-    out = tmp_path / "out"
-    settings = tiny_config(export=ExportSettings(precision="int8"), calibration=CalibrationSettings(data=str(images), num=8))
-    manifest = build(settings, out, log=lambda _: None).manifest
+def test_int8_build_calibrates_and_checks_the_int8_graphs(int8_build):
+    out, _, lines = int8_build
+    manifest = assert_manifest_matches_files(out)
+    assert [line.split("] ")[1] for line in lines if line.startswith("[")][4] == "calibrate INT8 ..."
+    assert manifest["stages"]["calibrate"]["status"] == "ok" and manifest["stages"]["calibrate"]["seconds"] > 0
     assert {"calibration.json", "model.int8.onnx", "model.portable.int8.onnx"} <= set(manifest["artifacts"])
     parity = json.loads((out / "parity.json").read_text())
     assert {"onnxruntime:model.int8.onnx", "onnxruntime:model.portable.int8.onnx"} <= set(parity["results"])
@@ -176,26 +112,14 @@ def test_int8_build_calibrates_and_checks_the_int8_graphs(tmp_path):
         assert manifest["engine"]["from"] == "model.int8.onnx" and manifest["engine"]["precision"] == "int8"
 
 
-@pytest.mark.parametrize("change,message", [
-    (dict(export=ExportSettings(precision="int8")), "--calib-data"),
-    (dict(retrain=RetrainSettings(data="some/images")), "add --weights"),
-])
-def test_missing_companion_option_is_an_error(tmp_path, change, message):
-    with pytest.raises(UserError, match=message):
-        build(tiny_config(**change), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
 def test_build_retrains_first_when_given_data(tmp_path):
-    from test_retrain import CLASSES, TINY as RETRAIN_TINY, write_dataset
-
     from rmeeto_export.models import create_model
 
-    data = write_dataset(tmp_path / "data")
+    data = write_class_folders(tmp_path / "data", TRAINABLE_CLASSES, {"train": 8, "val": 4})
     torch.manual_seed(0)
     weights = tmp_path / "start.pth"
-    torch.save({"model": create_model("vim_t", num_classes=CLASSES, **RETRAIN_TINY).state_dict()}, weights)
-    settings = BuildSettings(model=ModelSettings(name="vim_t", r=1, overrides=RETRAIN_TINY, weights=str(weights)),
+    torch.save({"model": create_model("vim_t", num_classes=TRAINABLE_CLASSES, **TRAINABLE_VIM).state_dict()}, weights)
+    settings = BuildSettings(model=ModelSettings(name="vim_t", r=1, overrides=TRAINABLE_VIM, weights=str(weights)),
                              parity=ParitySettings(samples=2),
                              retrain=RetrainSettings(data=str(data), epochs=1, batch_size=4, workers=0))
     lines = []
@@ -205,3 +129,4 @@ def test_build_retrains_first_when_given_data(tmp_path):
     assert manifest["stages"]["load"]["note"] == "vim_t, weights retrain/model.pth"
     assert manifest["random_weights"] is False
     assert json.loads((tmp_path / "out" / "parity.json").read_text())["passed"]
+    assert_manifest_matches_files(tmp_path / "out")
