@@ -71,6 +71,11 @@ def test_a_changed_setting_reruns_only_the_stages_that_read_it(int8_build, int8_
 def test_interrupting_a_stage_leaves_the_folder_as_it_was_before_it(int8_build, int8_copy, monkeypatch, stage):
     """KeyboardInterrupt once the stage has written all its files (to staging): none may reach the folder."""
     _, settings, _ = int8_build
+    # The stage re-makes what it made before, byte for byte; make the folder's copies differ, so that
+    # a file the stage wrote into the folder would show.
+    for name in json.loads((int8_copy / "manifest.json").read_text())["stages"][stage].get("outputs", {}):
+        with open(int8_copy / name, "ab") as stream:
+            stream.write(b"\0")
     seen = {}
 
     def run_then_interrupt(run, context):
