@@ -31,7 +31,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -43,10 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmeeto_export.data import (
-    AugmentSettings,
     ImageFolderSplits,
     ImageSamples,
-    MixSettings,
     eval_batches,
     make_loader,
     mix_batch,

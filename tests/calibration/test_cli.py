@@ -10,8 +10,7 @@ from click.testing import CliRunner
 from rmeeto_export.calibration import load_cache
 from rmeeto_export.cli import main
 from rmeeto_export.pipelines.build import build
-from rmeeto_export.pipelines.settings import BuildSettings, ModelSettings, ParitySettings
-from tests.support.models import TINY_MERGE_R, TINY_VIM
+from tests.support.builds import assert_manifest_matches_files, tiny_settings
 
 BUILT = ["manifest.json", "model.onnx", "model.portable.onnx", "parity.json", "report.md", "schedule.json"]
 
@@ -19,10 +18,8 @@ BUILT = ["manifest.json", "model.onnx", "model.portable.onnx", "parity.json", "r
 @pytest.fixture(scope="module")
 def fp32_build(tmp_path_factory):
     """A tiny fp32 build folder, made once and copied for each test."""
-    settings = BuildSettings(model=ModelSettings(name="vim_t", r=TINY_MERGE_R, overrides=TINY_VIM),
-                             parity=ParitySettings(samples=2))
     out = tmp_path_factory.mktemp("fp32-build") / "out"
-    build(settings, out, log=lambda _: None)
+    build(tiny_settings(), out, log=lambda _: None)
     return out
 
 
@@ -38,7 +35,7 @@ def test_calibrate_writes_cache_and_int8_twins(build_dir, image_folder):
                                        "--method", "max"])
     assert result.exit_code == 0, result.output
     written = {"calibration.json", "model.int8.onnx", "model.portable.int8.onnx"}
-    assert written <= {p.name for p in build_dir.iterdir()}
+    assert written <= set(assert_manifest_matches_files(build_dir)["artifacts"])
     for name in ("model.int8.onnx", "model.portable.int8.onnx"):
         ops = {node.op_type for node in onnx.load(str(build_dir / name)).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops

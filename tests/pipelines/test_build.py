@@ -12,7 +12,7 @@ from rmeeto_export.files import file_sha256
 from rmeeto_export.pipelines.build import build, rerun_verify
 from rmeeto_export.pipelines.settings import BuildSettings, ModelSettings, ParitySettings, RetrainSettings
 from rmeeto_export.pipelines.stages import StageFailed
-from tests.pipelines.conftest import assert_manifest_matches_files, tiny_settings
+from tests.support.builds import assert_manifest_matches_files, tiny_settings
 from tests.support.backends import HAS_TENSORRT as HAS_TRT
 from tests.support.images import write_class_folders
 from tests.support.models import TRAINABLE_CLASSES, TRAINABLE_VIM
@@ -98,7 +98,9 @@ def test_export_rerun_is_byte_identical(built, tmp_path):
 def test_int8_build_calibrates_and_checks_the_int8_graphs(int8_build):
     out, _, lines = int8_build
     manifest = assert_manifest_matches_files(out)
-    assert [line.split("] ")[1] for line in lines if line.startswith("[")][4] == "calibrate INT8 ..."
+    assert [line.split(" ...")[0] for line in lines if line.startswith("[")] == [
+        "[1/6] load vim_t", "[2/6] freeze the merge schedule", "[3/6] export ONNX", "[4/6] calibrate INT8",
+        "[5/6] check ONNX Runtime against PyTorch", "[6/6] build the TensorRT engine"]
     assert manifest["stages"]["calibrate"]["status"] == "ok" and manifest["stages"]["calibrate"]["seconds"] > 0
     assert {"calibration.json", "model.int8.onnx", "model.portable.int8.onnx"} <= set(manifest["artifacts"])
     parity = json.loads((out / "parity.json").read_text())

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from rmeeto_export.cli import main
-from tests.pipelines.conftest import TINY_FLAGS
+from tests.support.builds import TINY_FLAGS
 from tests.support.backends import HAS_RTX, RTX_MISSING
 from tests.support.images import write_class_folders, write_noise_images
 from tests.support.models import TRAINABLE_CLASSES, TRAINABLE_VIM
@@ -69,7 +69,7 @@ def training_folder(root: Path, kind: str) -> Path:
 BUILD_CASES = {  # id: (arguments after `build`, given tmp_path; expected message)
     "unknown model": (lambda tmp, w: ["--model", "vim_q"], "unknown model 'vim_q'"),
     "bad ratio": (lambda tmp, w: ["--model", "vim_t", "--ratio", "1.2"], "ratio"),
-    "ratio and r": (lambda tmp, w: ["--model", "vim_t", "--ratio", "0.1", "--r", "1"], "give --ratio or --r, not both"),
+    "ratio and r": (lambda tmp, w: ["--model", "vim_t", "--ratio", "0.1", "--r", "1"], "give only one of --ratio and --r"),
     "missing weights": (lambda tmp, w: ["--model", "vim_t", "--weights", str(tmp / "nope.pth")], "weights file not found"),
     "weights of another model": (lambda tmp, w: ["--model", "vim_t", "--weights", str(w)], "does not fit this model"),
     "unreadable weights": (lambda tmp, w: ["--model", "vim_t", "--weights", str(tmp / "file")],

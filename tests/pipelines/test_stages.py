@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -22,7 +21,7 @@ from rmeeto_export.pipelines import build as build_module
 from rmeeto_export.pipelines.build import build
 from rmeeto_export.pipelines.settings import ParitySettings
 from rmeeto_export.pipelines.stages import StageFailed
-from tests.pipelines.conftest import TINY_FLAGS, assert_manifest_matches_files, files_of, tiny_settings
+from tests.support.builds import TINY_FLAGS, assert_manifest_matches_files, files_of, tiny_settings
 
 STAGES = ["load", "schedule", "export", "calibrate", "parity", "engine"]
 
