@@ -26,6 +26,8 @@ PLUGINS_DIR = REPO / "plugins_trt"
 HAS_CMAKE = shutil.which("cmake") is not None
 HAS_TOOLCHAIN = HAS_CMAKE and shutil.which("nvcc") is not None
 EMULATED_BUILD_ENV_VAR = "RMEETO_EMULATED_BUILD"
+# TensorRT's public headers, one folder per version (v10.3.0, v11.1); CI points this beside the clone.
+TRT_HEADER_ROOTS = Path(os.environ.get("RMEETO_TRT_HEADERS_ROOT", "/opt/trt-headers"))
 
 
 def cmake_build(build_dir: Path, *options: str, target: str | None = None) -> float:
