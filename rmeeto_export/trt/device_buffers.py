@@ -1,6 +1,10 @@
-"""Torch views of raw CUDA device buffers (TensorRT hands plugins bare pointers), dtype mapping."""
+"""Torch views of the raw buffers TensorRT hands plugins (CUDA device memory, or host memory on the
+emulated device of the tests), dtype mapping."""
 
 from __future__ import annotations
+
+import ctypes
+import math
 
 import torch
 
@@ -25,6 +29,15 @@ def wrap_device_buffer(pointer: int, shape: tuple[int, ...], dtype: torch.dtype)
     width = torch.empty((), dtype=dtype).element_size()
     raw = torch.as_tensor(_CudaArrayInterface(pointer, tuple(shape), _INTEGER_TYPESTR_OF_WIDTH[width]), device="cuda")
     return raw.view(dtype)
+
+
+def wrap_host_buffer(pointer: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A dense row-major CPU tensor over host memory at ``pointer`` that shares it (no copy)."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if nbytes == 0:
+        return torch.empty(shape, dtype=dtype)
+    raw = torch.frombuffer((ctypes.c_uint8 * nbytes).from_address(pointer), dtype=torch.uint8)
+    return raw.view(dtype).reshape(shape)
 
 
 def torch_dtype_of(trt, data_type) -> torch.dtype:

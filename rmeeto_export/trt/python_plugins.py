@@ -4,11 +4,13 @@ Names, fields, input counts and dtype rules come from the ops' contracts (rmeeto
 which the C++ plugins in plugins_trt/ follow too, so an ONNX graph with our custom nodes builds where the C++ library is not
 available, e.g. with TensorRT-RTX in CI. At run time they call the CUDA kernels through
 rmeeto_export.kernels on torch tensors that wrap TensorRT's device buffers; an engine built with
-them needs this Python package when it runs.
+them needs this Python package when it runs. With the kernels library built for the emulated device
+(tests), the buffers are host memory and the kernels run on the CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 from types import ModuleType
 
@@ -101,13 +103,18 @@ def python_plugin_creators(trt: ModuleType) -> tuple:
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
             import torch
 
-            from rmeeto_export.trt.device_buffers import torch_dtype_of, wrap_device_buffer
+            from rmeeto_export import kernels
+            from rmeeto_export.trt.device_buffers import torch_dtype_of, wrap_device_buffer, wrap_host_buffer
+
+            if kernels.emulated():  # host buffers; each kernel call returns when done, so no stream
+                wrap, on_stream = wrap_host_buffer, contextlib.nullcontext()
+            else:  # the kernels launch on torch's current stream: make it TensorRT's stream
+                wrap, on_stream = wrap_device_buffer, torch.cuda.stream(torch.cuda.ExternalStream(stream))
 
             def as_tensors(pointers, descs):
-                return [wrap_device_buffer(p, tuple(d.dims), torch_dtype_of(trt, d.type)) for p, d in zip(pointers, descs)]
+                return [wrap(p, tuple(d.dims), torch_dtype_of(trt, d.type)) for p, d in zip(pointers, descs)]
 
-            # The kernels launch on torch's current stream: make it TensorRT's stream.
-            with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+            with on_stream:
                 for out, result in zip(as_tensors(outputs, output_desc), self.compute(as_tensors(inputs, input_desc))):
                     out.copy_(result)
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rmeeto_export.trt.device_buffers import torch_dtype_of, wrap_device_buffer
+from rmeeto_export.trt.device_buffers import torch_dtype_of, wrap_device_buffer, wrap_host_buffer
 from tests.support.backends import tensorrt_rtx_or_skip
 
 
@@ -22,3 +22,13 @@ def test_wrapped_buffer_shares_memory(dtype):
     assert torch.equal(view, owner)
     view.mul_(2)  # writes through, as a plugin's output buffer must
     assert torch.equal(owner, torch.arange(24, device="cuda").to(dtype).reshape(2, 3, 4) * 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_wrapped_host_buffer_shares_memory(dtype):
+    """The emulated device's buffers are host memory: the same view, on the CPU."""
+    owner = torch.arange(24).to(dtype).reshape(2, 3, 4)
+    view = wrap_host_buffer(owner.data_ptr(), (2, 3, 4), dtype)
+    assert view.dtype == dtype and view.shape == owner.shape and view.data_ptr() == owner.data_ptr()
+    view.mul_(2)
+    assert torch.equal(owner, torch.arange(24).to(dtype).reshape(2, 3, 4) * 2)
