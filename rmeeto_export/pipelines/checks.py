@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from rmeeto_export.errors import UserError
-from rmeeto_export.pipelines.folder import MANIFEST, Digests
+from rmeeto_export.pipelines.folder import MANIFEST, STAGING_PREFIX, Digests
 from rmeeto_export.pipelines.settings import BuildSettings, CalibrationSettings, EngineSettings
 
 SAMPLED_IMAGES = 32  # decoded per image folder (per split of an ImageFolder tree)
@@ -39,7 +39,8 @@ def check_out_folder(out: Path) -> None:
     if out.exists():
         if not out.is_dir():
             raise UserError(f"cannot write to output folder {out}: it is not a folder")
-        if any(out.iterdir()) and not (out / MANIFEST).is_file():
+        # Staging folders are what a killed run leaves; the next run clears them.
+        if any(not p.name.startswith(STAGING_PREFIX) for p in out.iterdir()) and not (out / MANIFEST).is_file():
             raise UserError(f"output folder {out} is not empty and not a build folder (no {MANIFEST}): "
                             "choose a new or empty folder")
         try:

@@ -159,7 +159,7 @@ class BuildFolder:
         if not isinstance(data, dict) or data.get("manifest_version") != MANIFEST_VERSION:
             version = data.get("manifest_version") if isinstance(data, dict) else None
             raise UserError(f"{path} has manifest version {version!r}, this tool reads {MANIFEST_VERSION}: "
-                            f"build the folder again")
+                            "build into a new folder")
         folder = cls(root, data)
         folder.settings  # noqa: B018 - fail here, before any stage, when the settings do not fit
         return folder
