@@ -123,7 +123,7 @@ class CalibrationSettings:
     data: Optional[str] = setting(None, "calibration images: a folder of images or an ImageFolder tree (its train/)")
     num: int = setting(DEFAULT_NUM_IMAGES, "number of calibration images", type=click.IntRange(min=1))
     method: str = setting(DEFAULT_METHOD, "activation range method", type=click.Choice(METHODS))
-    percentile: float = setting(DEFAULT_PERCENTILE, "for --method percentile", type=float)
+    percentile: float = setting(DEFAULT_PERCENTILE, "which percentile the percentile method takes", type=float)
     smoothing: bool = setting(True, "SmoothQuant: move large activation channels of in_proj/out_proj into the weights",
                               toggle=True)
     smoothing_alpha: float = setting(DEFAULT_ALPHA, "SmoothQuant migration strength (0..1)", type=float)
@@ -307,10 +307,11 @@ def options(*groups: type, prefixed: bool = True, only: Optional[tuple[str, ...]
                 if only is not None and item.name not in only:
                     continue
                 flags = _flags(group, item, prefixed)
-                clash = seen.intersection(flags)
+                names = {name for flag in flags for name in flag.split("/")}
+                clash = seen.intersection(names)
                 if clash:
-                    raise InternalError(f"two settings use the option {', '.join(clash)}")
-                seen.update(flags)
+                    raise InternalError(f"two settings use the option {', '.join(sorted(clash))}")
+                seen.update(names)
                 click_options = item.metadata["click"]
                 default = item.default if item.default is not dataclasses.MISSING else None
                 if click_options.get("multiple"):
