@@ -23,12 +23,15 @@ def _merge_on_kernels(hidden, residual, size, r, cls_index):
 
 @contextlib.contextmanager
 def ops_on_kernels(device: torch.device):
-    """rmeeto::selective_scan and rmeeto::token_merge dispatch to the kernels for tensors on `device`,
-    inside the block only (a scoped registration: the CPU reference is back afterwards)."""
-    dispatch_key = "CUDA" if device.type == "cuda" else "CPU"
+    """rmeeto::selective_scan and rmeeto::token_merge dispatch to the kernels for tensors on `device`."""
+    if device.type == "cuda":  # the product's registration, which stays (every GPU run wants it)
+        kernels.register_cuda_kernels()
+        yield
+        return
+    # The emulated device takes CPU tensors: a scoped registration, the CPU reference is back afterwards.
     with torch.library._scoped_library("rmeeto", "IMPL") as library:
-        library.impl("selective_scan", _scan_on_kernels, dispatch_key)
-        library.impl("token_merge", _merge_on_kernels, dispatch_key)
+        library.impl("selective_scan", _scan_on_kernels, "CPU")
+        library.impl("token_merge", _merge_on_kernels, "CPU")
         yield
 
 
@@ -44,6 +47,8 @@ def test_merged_vim_t_on_the_kernels_gives_the_reference_logits(kernel_device, m
     scans, scan = [], kernels.selective_scan
     monkeypatch.setattr(kernels, "selective_scan", lambda *a, **k: scans.append(1) or scan(*a, **k))
     device = kernel_device.device
+    if device.type == "cuda":
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the patch embedding in true fp32
     with torch.inference_mode(), ops_on_kernels(device):
         actual = model.to(device)(images.to(device)).cpu()
     assert len(scans) == 2 * 24  # both directions of every block ran on the kernels
