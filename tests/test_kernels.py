@@ -358,6 +358,21 @@ def test_c_api_with_r_zero_is_an_identity(kernel_device):
         torch.testing.assert_close(got, given, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("order", ["reverse", "random:1"])
+def test_kernels_agree_in_other_thread_orders(kernel_device, monkeypatch, order):
+    """The emulator runs threads between barriers in this order instead of forward: a missing barrier
+    or a shared-memory race that forward order happens to hide shows here."""
+    if not kernel_device.emulated:
+        pytest.skip("the thread order is the emulated device's setting")
+    monkeypatch.setenv("RMEETO_EMULATION_ORDER", order)
+    for dtype in DTYPES:
+        _check_scan((2, 40, 16, 65, True, True, True), dtype, kernel_device.device)
+        _check_scan((2, 36, 64, 33, False, True, False), dtype, kernel_device.device)
+    for batch, tokens, channels, r, cls_index in [(2, 31, 64, 7, 30), (2, 40, 1537, 9, 20)]:
+        hidden, residual, size = tie_free_merge_inputs(batch, tokens, channels, torch.float32, r, cls_index)
+        _assert_merge_is_the_reference(hidden, residual, size, r, cls_index, kernel_device.device)
+
+
 @needs_gpu  # the ops' CUDA dispatch
 @pytest.mark.gpu
 def test_registered_ops_run_the_kernels(kernel_device):
