@@ -10,33 +10,22 @@ import sys
 from pathlib import Path
 from shutil import rmtree
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from rmeeto_export.models import create_model, load_weights
 from rmeeto_export.pipelines import retrain as retrain_module
 from rmeeto_export.pipelines.retrain import RetrainConfig, retrain, retrain_command, save_torch
 from rmeeto_export.pipelines.settings import ModelSettings, RetrainSettings
+from tests.support.images import write_class_folders
+from tests.support.models import TRAINABLE_CLASSES, TRAINABLE_VIM
 
-TINY = {"embed_dim": 16, "depth": 4, "img_size": 16, "patch_size": 8, "d_state": 4}  # 5 tokens, merge at block 2
-CLASSES = 3
-TINY_FLAGS = [flag for key, value in TINY.items() for flag in ("--override", f"{key}={value}")]
+TINY_FLAGS = [flag for key, value in TRAINABLE_VIM.items() for flag in ("--override", f"{key}={value}")]
 
 
 def write_dataset(root: Path, train_per_class: int = 8, val_per_class: int = 4) -> Path:
-    """Classes differ in brightness, so that training has something to learn."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", train_per_class), ("val", val_per_class)):
-        for label in range(CLASSES):
-            folder = root / split / f"class{label}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                pixels = rng.random((20, 24, 3)) * 80 + label * 80
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
-    return root
+    return write_class_folders(root, TRAINABLE_CLASSES, {"train": train_per_class, "val": val_per_class})
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +37,13 @@ def dataset(tmp_path_factory) -> Path:
 def weights(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "tiny.pth"
-    torch.save({"model": create_model("vim_t", num_classes=CLASSES, **TINY).state_dict()}, path)
+    torch.save({"model": create_model("vim_t", num_classes=TRAINABLE_CLASSES, **TRAINABLE_VIM).state_dict()}, path)
     return path
 
 
 def tiny_config(dataset: Path, weights: Path | None, out: Path, model: dict | None = None, **changes) -> RetrainConfig:
     # lr 0.05 at batch 512 is 4e-4 at batch 4: large enough that every step visibly moves the weights.
-    model_settings = ModelSettings(name="vim_t", weights=weights and str(weights), r=1, overrides=TINY)
+    model_settings = ModelSettings(name="vim_t", weights=weights and str(weights), r=1, overrides=TRAINABLE_VIM)
     training = RetrainSettings(data=str(dataset), epochs=2, batch_size=4, lr=0.05, workers=0, device="cpu")
     return RetrainConfig(dataclasses.replace(model_settings, **(model or {})), dataclasses.replace(training, **changes),
                          out=str(out))
@@ -168,7 +157,7 @@ def test_bad_dataset_folders_give_one_line_errors(cli, weights, tmp_path, breaka
 
 def test_weights_with_another_class_count_give_one_line_error(cli, dataset, tmp_path):
     four_classes = tmp_path / "four.pth"
-    torch.save({"model": create_model("vim_t", num_classes=4, **TINY).state_dict()}, four_classes)
+    torch.save({"model": create_model("vim_t", num_classes=4, **TRAINABLE_VIM).state_dict()}, four_classes)
     result = run_cli(cli, "--model", "vim_t", "--data", str(dataset), "--weights", str(four_classes), *TINY_FLAGS)
     assert_one_line_error(result, "4-class head, but the dataset has 3 class folders")
 
@@ -195,7 +184,7 @@ def test_resume_with_other_settings_is_refused(dataset, weights, tmp_path):
 
 def test_final_weights_load_with_the_model_loader(dataset, weights, tmp_path):
     result = retrain(tiny_config(dataset, weights, tmp_path, model=dict(r=None, ratio=0.1), epochs=1))
-    model = create_model("vim_t", merge_ratio=0.1, num_classes=CLASSES, **TINY)
+    model = create_model("vim_t", merge_ratio=0.1, num_classes=TRAINABLE_CLASSES, **TRAINABLE_VIM)
     load_weights(model, str(result.weights))  # strict: every key and shape of the official layout
     assert [e["stage"] for e in result.history] == ["unmerged", "merged", "epoch"]
     assert not list(tmp_path.glob(".*.tmp"))
@@ -227,7 +216,7 @@ def test_training_from_scratch_is_reproducible(dataset, tmp_path):
 def test_ema_continues_the_checkpoints_ema(dataset, weights, tmp_path):
     with_ema = tmp_path / "with_ema.pth"
     torch.manual_seed(1)
-    released_ema = create_model("vim_t", num_classes=CLASSES, **TINY).state_dict()
+    released_ema = create_model("vim_t", num_classes=TRAINABLE_CLASSES, **TRAINABLE_VIM).state_dict()
     torch.save({"model": saved(weights)["model"], "model_ema": released_ema}, with_ema)
     # decay 0.999: after 6 steps the average is still 99.4% the released EMA
     result = retrain(tiny_config(dataset, with_ema, tmp_path / "out", epochs=1, ema=True, ema_decay=0.999))
@@ -239,9 +228,9 @@ def test_ema_continues_the_checkpoints_ema(dataset, weights, tmp_path):
 
 
 def test_num_classes_override_must_match_the_dataset(dataset, tmp_path):
-    config = tiny_config(dataset, None, tmp_path, model=dict(overrides={**TINY, "num_classes": 5}), distill_weight=0.0)
+    config = tiny_config(dataset, None, tmp_path, model=dict(overrides={**TRAINABLE_VIM, "num_classes": 5}), distill_weight=0.0)
     with pytest.raises(retrain_module.UserError, match="asked for 5 classes, but .* has 3 class folders"):
         retrain(config)
-    matching = tiny_config(dataset, None, tmp_path, model=dict(overrides={**TINY, "num_classes": CLASSES}),
+    matching = tiny_config(dataset, None, tmp_path, model=dict(overrides={**TRAINABLE_VIM, "num_classes": TRAINABLE_CLASSES}),
                            distill_weight=0.0, epochs=1)
     assert retrain(matching).weights.is_file()
