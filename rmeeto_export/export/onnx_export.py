@@ -5,7 +5,8 @@ Exporter: torch's TorchScript exporter (dynamo=False). It keeps custom-domain no
 would inline every function.
 
 Graph interface, whatever the precision: input "images" fp32 (batch, 3, img, img), output "logits"
-fp32 (batch, classes). fp16 graphs cast the images to fp16 first and the logits back to fp32 last,
+fp32 (batch, classes). The batch is a fixed number, or the symbolic dimension "batch" when exported
+for a batch range (export/batch.py); token counts are static either way. fp16 graphs cast the images to fp16 first and the logits back to fp32 last,
 so callers never handle fp16 buffers; inside, casts are explicit (the graph is strongly typed).
 """
 
@@ -26,14 +27,16 @@ from torch import nn
 from rmeeto_export.contracts import DOMAIN, DOMAIN_VERSION
 from rmeeto_export.errors import UserError
 from rmeeto_export.files import write_bytes_atomic
+from rmeeto_export.export.batch import BatchSpec, parse_batch
 from rmeeto_export.export.functions import ONNX_OPSET, custom_functions
 from rmeeto_export.export.static_shapes import fold_static_shapes
-from rmeeto_export.export.symbolics import ExportError, register_symbolics
+from rmeeto_export.export.symbolics import ExportError, register_symbolics, symbolic_batch
 from rmeeto_export.precision import EXPORTED_PRECISIONS, check_precision
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # keys: precision.EXPORTED_PRECISIONS
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+BATCH_DIM = "batch"  # name of the symbolic batch dimension of a graph exported for a batch range
 
 # Parameters the model reads as fp32 for the scan (A = -exp(A_log), D, delta_bias = dt_proj.bias): an
 # fp16 copy keeps them fp32 so the scan's A, D and delta_bias are not rounded to fp16. Norm weights go
@@ -73,19 +76,21 @@ def model_in_precision(model: nn.Module, precision: str) -> nn.Module:
     return copied
 
 
-def _check_batch(batch: int) -> None:
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise UserError(f"batch must be a positive integer, got {batch!r}")
-
-
 def export_module(
-    module: nn.Module, example_inputs: tuple[torch.Tensor, ...], input_names: list[str], output_names: list[str]
+    module: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_batch: bool = False,
 ) -> onnx.ModelProto:
-    """Trace `module` (static shapes) to ONNX with rmeeto:: nodes and their function bodies attached."""
+    """Trace `module` to ONNX with rmeeto:: nodes and their function bodies attached.
+
+    Shapes are static, except axis 0 of every input and output with dynamic_batch.
+    """
     register_symbolics()
     buffer = io.BytesIO()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), symbolic_batch(dynamic_batch):
             # The TorchScript exporter is deprecated, but it is the one that keeps custom-domain nodes;
             # its notes on constant folding (e.g. the backward conv's flipped weight) are harmless.
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -100,6 +105,7 @@ def export_module(
                 output_names=output_names,
                 custom_opsets={DOMAIN: DOMAIN_VERSION},
                 do_constant_folding=True,
+                dynamic_axes={name: {0: BATCH_DIM} for name in (*input_names, *output_names)} if dynamic_batch else None,
             )
     except ExportError as error:
         raise UserError(str(error)) from None
@@ -148,16 +154,21 @@ def inline_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     return with_unique_node_names(inlined)
 
 
-def build_onnx(model: nn.Module, *, batch: int = 1, precision: str = "fp32", portable_graph: bool = False) -> onnx.ModelProto:
-    """The ONNX model of `model` (its schedule frozen in) for a fixed batch, in memory."""
-    _check_batch(batch)
+def build_onnx(
+    model: nn.Module, *, batch: BatchSpec = 1, precision: str = "fp32", portable_graph: bool = False
+) -> onnx.ModelProto:
+    """The ONNX model of `model` (its schedule frozen in), in memory.
+
+    batch: a fixed size, or a range ("1:8:64", BatchRange) for a graph with a symbolic batch axis.
+    """
+    batch = parse_batch(batch)
     check_precision(precision, EXPORTED_PRECISIONS)
     cfg = model.cfg
     if cfg.scan_backend == "mamba_ssm":  # it bypasses the rmeeto op, so the trace would have no scan node
         raise UserError("export needs scan_backend 'auto' or 'reference' (mamba_ssm's kernels do not export)")
-    example = torch.zeros(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
+    example = torch.zeros(batch.trace_size, cfg.in_chans, cfg.img_size, cfg.img_size)
     graph = _ExportGraph(model_in_precision(model, precision), _TORCH_DTYPES[precision])
-    exported = export_module(graph, (example,), [INPUT_NAME], [OUTPUT_NAME])
+    exported = export_module(graph, (example,), [INPUT_NAME], [OUTPUT_NAME], dynamic_batch=batch.dynamic)
     return fold_static_shapes(inline_custom_ops(exported) if portable_graph else exported)
 
 
@@ -165,7 +176,7 @@ def export_onnx(
     model: nn.Module,
     path: Union[str, os.PathLike],
     *,
-    batch: int = 1,
+    batch: BatchSpec = 1,
     precision: str = "fp32",
     portable: bool = False,
 ) -> Path:

@@ -19,7 +19,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import onnxruntime as ort
@@ -73,19 +73,27 @@ def execution_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def _static_batch(session: ort.InferenceSession) -> int:
+def graph_batch(session: ort.InferenceSession) -> Optional[int]:
+    """The graph's static batch size, or None for a graph exported with a dynamic batch."""
     batch = session.get_inputs()[0].shape[0]
-    if not isinstance(batch, int):
-        raise UserError("the ONNX model has no static batch size; export it with export_onnx")
-    return batch
+    return batch if isinstance(batch, int) else None
 
 
-def run_onnx(onnx_path: Union[str, os.PathLike], images: np.ndarray) -> tuple[np.ndarray, str]:
-    """Logits for `images` (N, 3, H, W) fp32, run batch by batch at the graph's static batch size."""
+def run_onnx(
+    onnx_path: Union[str, os.PathLike], images: np.ndarray, batch: Optional[int] = None
+) -> tuple[np.ndarray, str]:
+    """Logits for `images` (N, 3, H, W) fp32, run batch by batch.
+
+    batch: the size of each run; a static-batch graph runs at its own size (a different `batch` is an
+    error), a dynamic-batch graph at `batch` (default: all images in one run).
+    """
     session = ort.InferenceSession(os.fspath(onnx_path), providers=execution_providers())
-    batch = _static_batch(session)
+    static = graph_batch(session)
+    if static is not None and batch not in (None, static):
+        raise UserError(f"the ONNX model has a static batch of {static}; it cannot run batches of {batch}")
+    batch = static or batch or len(images)
     if len(images) % batch:
-        raise UserError(f"{len(images)} images do not split into batches of {batch}, the model's static batch")
+        raise UserError(f"{len(images)} images do not split into batches of {batch}")
     chunks = [session.run(None, {INPUT_NAME: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
     return np.concatenate(chunks).astype(np.float64), session.get_providers()[0]
 

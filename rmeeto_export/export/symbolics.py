@@ -2,11 +2,16 @@
 
 The function bodies are attached afterwards (functions.py), the same way for every op, instead of
 through g.onnxscript_op: the bodies need a Scan subgraph and attribute references, which are plain
-to write with onnx.helper. Output types are copied from the traced op, whose shapes are static; the
-exporter's own shape inference knows nothing of custom ops.
+to write with onnx.helper. Output types are copied from the traced op, whose shapes are static (the
+exporter's own shape inference knows nothing of custom ops); in an export for a batch range
+(`symbolic_batch()`) their batch axis is left symbolic.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator
 
 import torch
 from torch.onnx import symbolic_helper
@@ -31,6 +36,28 @@ def _custom_node(g, contract: OpContract, inputs: list, attribute_values: list):
     return g.op(f"{DOMAIN}::{contract.name}", *inputs, outputs=len(contract.outputs), **attributes, **PLUGIN_ATTRIBUTES)
 
 
+_SYMBOLIC_BATCH = contextvars.ContextVar("symbolic_batch", default=False)
+
+
+@contextlib.contextmanager
+def symbolic_batch(enabled: bool = True) -> Iterator[None]:
+    """Within it, custom nodes' outputs get a symbolic batch axis (an export with dynamic batch axes)."""
+    token = _SYMBOLIC_BATCH.set(enabled)
+    try:
+        yield
+    finally:
+        _SYMBOLIC_BATCH.reset(token)
+
+
+def _set_traced_type(output, traced) -> None:
+    """The traced output type; axis 0 (the batch) symbolic inside `symbolic_batch()`."""
+    if _SYMBOLIC_BATCH.get():
+        sizes = traced.type().varyingSizes()
+        output.setType(traced.type().with_sizes([None, *sizes[1:]]))
+    else:
+        output.setType(traced.type())
+
+
 def _zero_per_channel(g):
     """A (d,) fp32 zero vector for an absent D / delta_bias: adding zero is exactly the op without it."""
     channels = g.original_node.inputsAt(2).type().sizes()[0]  # A is (d, n)
@@ -43,14 +70,14 @@ def _selective_scan(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reve
     D = _zero_per_channel(g) if symbolic_helper._is_none(D) else D
     delta_bias = _zero_per_channel(g) if symbolic_helper._is_none(delta_bias) else delta_bias
     out = _custom_node(g, SELECTIVE_SCAN, [u, delta, A, B, C, D, z, delta_bias], [delta_softplus, reverse])
-    out.setType(g.original_node.output().type())
+    _set_traced_type(out, g.original_node.output())
     return out
 
 
 def _token_merge(g, hidden, residual, size, r, cls_index):
     outputs = _custom_node(g, TOKEN_MERGE, [hidden, residual, size], [r, cls_index])
     for exported, traced in zip(outputs, g.original_node.outputs()):
-        exported.setType(traced.type())
+        _set_traced_type(exported, traced)
     return outputs
 
 

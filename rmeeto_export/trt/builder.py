@@ -11,6 +11,7 @@ from typing import Any, Optional, Union
 import onnx
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.export.batch import BatchRange, BatchSpec, parse_batch
 from rmeeto_export.files import write_bytes_atomic
 from rmeeto_export.trt.backend import Backend, load_backend
 from rmeeto_export.trt.graph import (
@@ -22,7 +23,7 @@ from rmeeto_export.trt.graph import (
     without_plugins,
 )
 from rmeeto_export.trt.plugins import load_plugins
-from rmeeto_export.trt.record import BuildRecord, write_record
+from rmeeto_export.trt.record import BuildRecord, TensorSpec, write_record
 from rmeeto_export.trt.targets import (
     DEFAULT_RTX_TARGET,
     ComputeCapability,
@@ -32,10 +33,6 @@ from rmeeto_export.trt.targets import (
     rtx_compute_capability_enum,
     sm_name,
 )
-
-BatchRange = tuple[int, int, int]  # min, opt, max of an optimization profile
-BatchSpec = Union[int, BatchRange, None]
-
 
 def build_engine(
     onnx_path: Union[str, Path],
@@ -51,8 +48,9 @@ def build_engine(
     """Builds ``onnx_path`` into ``engine_path`` and writes the build record to ``engine_path``.json.
 
     precision is the one the graph carries (casts / Q-DQ are in the ONNX; builds are strongly
-    typed): it is checked against the target and recorded. batch: an int or (min, opt, max) for a
-    graph with a dynamic batch dimension (default 1); for a fixed-batch graph it must match.
+    typed): it is checked against the target and recorded. batch: a size, or a range (min, opt, max;
+    "1:8:64") that becomes the optimisation profile of a graph with a dynamic batch dimension (default
+    1); for a fixed-batch graph it must match. The record lists the engine's inputs and outputs.
     target_cc: TensorRT-RTX's ahead-of-time target (sm86, sm89, sm120...; default the GPU here,
     else sm89); full TensorRT always builds for the GPU it runs on.
     """
@@ -91,7 +89,9 @@ def build_engine(
         target=sm_name(cc),
         gpu_name=gpu_name,
         precision=precision,
-        batch=dict(zip(("min", "opt", "max"), batch_range)),
+        batch={"min": batch_range.min, "opt": batch_range.opt, "max": batch_range.max},
+        inputs=_tensors(network.get_input(i) for i in range(network.num_inputs)),
+        outputs=_tensors(network.get_output(i) for i in range(network.num_outputs)),
         plugins=plugin_source,
         flags={
             "strongly_typed": True,
@@ -169,18 +169,14 @@ def parse_network(backend: Backend, model: onnx.ModelProto, onnx_path: Path, *, 
     return ParsedNetwork(builder, network, parser)
 
 
-def normalize_batch(batch: BatchSpec) -> BatchRange:
-    if batch is None:
-        return (1, 1, 1)
-    low, opt, high = (batch, batch, batch) if isinstance(batch, int) else tuple(batch)
-    if not 1 <= low <= opt <= high:
-        raise UserError(f"batch range must satisfy 1 <= min <= opt <= max, got {low}, {opt}, {high}")
-    return low, opt, high
+def _tensors(tensors) -> tuple[TensorSpec, ...]:
+    """Name, shape (-1: the dynamic batch) and TensorRT dtype name ("FLOAT", "HALF") of network inputs or outputs."""
+    return tuple(TensorSpec(t.name, tuple(t.shape), t.dtype.name) for t in tensors)
 
 
 def _add_batch_profile(builder, config, network, batch: BatchSpec) -> BatchRange:
     """Adds the batch optimization profile when the graph's batch is dynamic; returns the batch range."""
-    wanted = normalize_batch(batch)
+    wanted = parse_batch(batch)
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     shapes = {tensor.name: tuple(tensor.shape) for tensor in inputs}
     inner_dynamic = sorted(name for name, shape in shapes.items() if any(d < 0 for d in shape[1:]))
@@ -190,13 +186,13 @@ def _add_batch_profile(builder, config, network, batch: BatchSpec) -> BatchRange
     dynamic = [name for name, shape in shapes.items() if shape and shape[0] < 0]
     if not dynamic:
         size = min(fixed, default=1)
-        if batch is not None and wanted != (size, size, size):
-            raise UserError(f"the graph has a fixed batch of {size}; export it with a dynamic batch to build for {batch}")
-        return size, size, size
+        if batch is not None and wanted != BatchRange.fixed(size):
+            raise UserError(f"the graph has a fixed batch of {size}; export it with a dynamic batch to build for {wanted}")
+        return BatchRange.fixed(size)
     profile = builder.create_optimization_profile()
     for name in dynamic:
         rest = shapes[name][1:]
-        profile.set_shape(name, (wanted[0], *rest), (wanted[1], *rest), (wanted[2], *rest))
+        profile.set_shape(name, (wanted.min, *rest), (wanted.opt, *rest), (wanted.max, *rest))
     config.add_optimization_profile(profile)
     return wanted
 

@@ -13,6 +13,19 @@ from rmeeto_export.trt.plugins import PluginSource
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """An engine input or output: name, shape (-1 on a dynamic batch axis), TensorRT dtype name ("FLOAT")."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TensorSpec":
+        return cls(data["name"], tuple(data["shape"]), data["dtype"])
+
+
+@dataclass(frozen=True)
 class BuildRecord:
     """Manifest entry of one engine build. ``plugins`` is None for a graph without plugin layers."""
 
@@ -27,10 +40,14 @@ class BuildRecord:
     build_seconds: float = 0.0
     engine_bytes: int = 0
     engine_sha256: str = ""
+    inputs: tuple[TensorSpec, ...] = ()  # empty in records written before the engine's I/O was recorded
+    outputs: tuple[TensorSpec, ...] = ()
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["plugins"] = None if self.plugins is None else self.plugins.to_json()
+        for key in ("inputs", "outputs"):
+            data[key] = [{**tensor, "shape": list(tensor["shape"])} for tensor in data[key]]
         return data
 
     @classmethod
@@ -38,6 +55,8 @@ class BuildRecord:
         """Reads our fields and ignores others (a manifest's engine entry adds its own keys)."""
         values = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
         values["plugins"] = None if data.get("plugins") is None else PluginSource.from_json(data["plugins"])
+        for key in ("inputs", "outputs"):
+            values[key] = tuple(TensorSpec.from_json(tensor) for tensor in data.get(key, ()))
         return cls(**values)
 
 

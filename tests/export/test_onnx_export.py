@@ -212,8 +212,8 @@ def test_export_leaves_only_the_file_and_does_not_touch_the_model(merged_model, 
     "options,message",
     [
         (dict(precision="int4"), "unknown precision"),
-        (dict(batch=0), "batch must be a positive integer"),
-        (dict(batch=2.0), "batch must be a positive integer"),
+        (dict(batch=0), "batch sizes must be at least 1"),
+        (dict(batch=2.0), "batch must be N or MIN:OPT:MAX"),
     ],
 )
 def test_bad_options_are_user_errors_and_write_nothing(merged_model, tmp_path, options, message):
