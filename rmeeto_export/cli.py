@@ -126,9 +126,11 @@ def verify(out: Path, force: bool) -> None:
 def _register_subcommands() -> None:
     from rmeeto_export.calibration.cli import calibrate_command
     from rmeeto_export.pipelines.retrain import retrain_command
+    from rmeeto_export.serving.cli import package_command
 
     main.add_command(retrain_command)
     main.add_command(calibrate_command)
+    main.add_command(package_command)
 
 
 _register_subcommands()

@@ -1,0 +1,1 @@
+"""Serving a built engine: Triton Inference Server model repositories."""
