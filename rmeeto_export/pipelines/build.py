@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.export.batch import parity_batch_sizes
 from rmeeto_export.pipelines import folder as files
 from rmeeto_export.pipelines.checks import check_build, check_calibration_images, images_fingerprint
 from rmeeto_export.pipelines.folder import BuildFolder, graph_name
@@ -24,6 +25,9 @@ from rmeeto_export.pipelines.stages import Log, Runner, Stage, StageContext, Sta
 from rmeeto_export.precision import exported_precision
 
 INT8_PARITY_IMAGES = 64  # see int8_parity_inputs
+# A graph with a batch range is checked at MIN, OPT and MAX, each at most this: a CPU run of vim_b at 64
+# takes minutes, and a batch-size bug (samples mixed up, a wrong broadcast) shows at any size above 1.
+PARITY_BATCH_CAP = 16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,10 +162,12 @@ def calibrate_stage(settings: BuildSettings, force: bool = False) -> Stage:
 
 
 def parity_inputs(model, settings: BuildSettings) -> torch.Tensor:
-    """(samples, 3, H, W) seeded images with ImageNet-normalised statistics."""
+    """(samples, 3, H, W) seeded images with ImageNet-normalised statistics; at least one batch of every
+    size parity runs."""
     size = model.cfg.img_size
     generator = torch.Generator().manual_seed(settings.model.seed + 1)
-    return torch.randn(settings.parity.samples, model.cfg.in_chans, size, size, generator=generator)
+    count = max(settings.parity.samples, *parity_batch_sizes(settings.export.batch_range, PARITY_BATCH_CAP))
+    return torch.randn(count, model.cfg.in_chans, size, size, generator=generator)
 
 
 def int8_parity_inputs(model, settings: BuildSettings) -> torch.Tensor:
@@ -175,7 +181,7 @@ def int8_parity_inputs(model, settings: BuildSettings) -> torch.Tensor:
 
     calibration = settings.calibration
     paths = held_out_images(calibration.data, INT8_PARITY_IMAGES, calibration.num)
-    paths = paths[: len(paths) - len(paths) % settings.export.batch]
+    paths = paths[: len(paths) - len(paths) % settings.export.batch_range.max]
     return torch.from_numpy(np.stack([load_image(path, model.cfg.img_size) for path in paths]))
 
 
@@ -205,17 +211,22 @@ def parity_stage(settings: BuildSettings) -> Stage:
         if settings.export.int8:
             inputs["int8"] = int8_parity_inputs(model, settings)
         expected = {precision: torch_logits(model, images) for precision, images in inputs.items()}
+        sizes = parity_batch_sizes(settings.export.batch_range, PARITY_BATCH_CAP)
         results = {}
         for name, precision in graphs.items():
-            actual, provider = run_onnx(context.input(name), inputs[precision].numpy())
-            report = (compare_int8_logits(actual, expected[precision], provider, int8_tolerance) if precision == "int8"
-                      else compare_logits(actual, expected[precision], precision, provider))
-            results[f"onnxruntime:{name}"] = report.to_dict()
+            for size in sizes:
+                count = len(inputs[precision]) - len(inputs[precision]) % size  # whole batches of this size
+                actual, provider = run_onnx(context.input(name), inputs[precision][:count].numpy(), batch=size)
+                wanted = expected[precision][:count]
+                report = (compare_int8_logits(actual, wanted, provider, int8_tolerance) if precision == "int8"
+                          else compare_logits(actual, wanted, precision, provider))
+                key = f"onnxruntime:{name}" + (f"@batch{size}" if settings.export.batch_range.dynamic else "")
+                results[key] = report.to_dict()
         passed = all(result["passed"] for result in results.values())
         samples = {precision: len(images) for precision, images in inputs.items()}
         context.output(files.PARITY).write_text(json.dumps(
-            {"precision": settings.export.precision, "samples": samples, "passed": passed, "results": results},
-            indent=2) + "\n")
+            {"precision": settings.export.precision, "samples": samples, "batch_sizes": list(sizes), "passed": passed,
+             "results": results}, indent=2) + "\n")
         summary = {"parity": {key: _parity_summary(result) for key, result in results.items()}}
         if not passed:
             failed = ", ".join(key for key, result in results.items() if not result["passed"])
@@ -334,7 +345,7 @@ def calibrate_folder(out: Path, changes: dict, log: Log = print, recalibrate: bo
     if calibration.data is None:
         raise UserError(f"{out} was built without calibration images: give --data DIR")
     calibration.check()
-    check_calibration_images(calibration, settings.export.batch)
+    check_calibration_images(calibration, settings.export.batch_range.max)
     folder.settings = settings.replace(calibration=calibration)
     stage = calibrate_stage(folder.settings, force=recalibrate)
     return Runner(folder, [stage], log, force=("calibrate",) if recalibrate else ()).run()

@@ -30,7 +30,7 @@ def check_build(settings: BuildSettings, out: Path) -> None:
     num_classes = check_training_data(settings) if settings.retraining else None
     check_model(settings, num_classes)
     if settings.calibrating:
-        check_calibration_images(settings.calibration, settings.export.batch)
+        check_calibration_images(settings.calibration, settings.export.batch_range.max)
     check_engine(settings.engine, settings.export.precision)
 
 

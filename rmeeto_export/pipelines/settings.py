@@ -19,6 +19,7 @@ from rmeeto_export.calibration.collect import DEFAULT_METHOD, DEFAULT_NUM_IMAGES
 from rmeeto_export.calibration.smoothing import DEFAULT_ALPHA
 from rmeeto_export.data import AugmentSettings, MixSettings
 from rmeeto_export.errors import InternalError, UserError
+from rmeeto_export.export.batch import BatchRange, parse_batch
 from rmeeto_export.merge.schedule import check_one_way
 from rmeeto_export.precision import PRECISIONS, check_precision
 from rmeeto_export.trt.backend import BACKENDS
@@ -82,18 +83,22 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """The ONNX graphs: their precision and fixed batch (the engine's too)."""
+    """The ONNX graphs: their precision and batch (the engine's too)."""
 
     KEY = "export"
 
     precision: str = setting("fp32", "int8: Q/DQ around the linear layers, calibrated on --calib-data",
                              type=click.Choice(PRECISIONS))
-    batch: int = setting(1, "fixed batch size of the graph and engine", type=int)
+    batch: str = setting("1", "N: a fixed batch; MIN:OPT:MAX (e.g. 1:8:64): a dynamic batch axis and one TensorRT "
+                         "profile for serving", parse=lambda text: str(parse_batch(text)))
 
     def check(self) -> None:
         check_precision(self.precision)
-        if self.batch < 1:
-            raise UserError(f"batch must be at least 1, got {self.batch}")
+        parse_batch(self.batch)  # UserError on a bad size or range
+
+    @property
+    def batch_range(self) -> BatchRange:
+        return parse_batch(self.batch)
 
     @property
     def int8(self) -> bool:
@@ -253,6 +258,9 @@ class BuildSettings:
             check_teacher(self.model, self.retrain)
         if self.export.int8 and self.calibration.data is None:
             raise UserError("--precision int8 needs calibration images: add --calib-data DIR")
+        if self.calibrating and self.export.batch_range.dynamic:
+            raise UserError(f"INT8 calibration runs graphs of a fixed batch; --batch {self.export.batch} is a range: "
+                            "give a fixed --batch N")
 
     def groups(self) -> dict[str, Any]:
         return {group.KEY: getattr(self, group.KEY) for group in GROUPS}

@@ -15,7 +15,7 @@ import click
 @click.option("--name", default=None, help="model name in the repository [default: the build folder's name]")
 def package_command(out: Path, repository: Path, name: Optional[str]) -> None:
     """Add the build folder's engine to a Triton model repository (config.pbtxt, model.plan, plugins)."""
-    from rmeeto_export.pipelines.build import ENGINE
+    from rmeeto_export.pipelines.folder import ENGINE
     from rmeeto_export.serving.triton import launch_command, write_model
 
     folder = write_model(out / ENGINE, repository, name or out.resolve().name)
