@@ -27,7 +27,7 @@ import itertools
 import logging
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 import onnx
@@ -39,6 +39,7 @@ from rmeeto_export.calibration.images import list_images, load_image, pick
 from rmeeto_export.calibration.layers import linear_layers
 from rmeeto_export.calibration.smoothing import DEFAULT_ALPHA, factors_for, fold_sites, smooth
 from rmeeto_export.errors import UserError
+from rmeeto_export.progress import progress
 
 METHODS = ("max", "percentile", "entropy")
 MAX_RANGE_ROLES = ("out_proj",)  # calibrated by max whatever the method: see the module docstring
@@ -151,13 +152,15 @@ def calibrate(
     percentile: float = DEFAULT_PERCENTILE,
     smoothing_alpha: Optional[float] = DEFAULT_ALPHA,
     force: bool = False,
+    log: Optional[Callable[[str], None]] = None,
 ) -> dict[str, float]:
     """Activation scales (and smoothing factors, unless `smoothing_alpha` is None) of `onnx_path`'s
     linear layers from `num` images under `images`.
 
     The cache is written to `out_path` (JSON, atomically). If `out_path` already holds a cache for
     the same weights and settings it is returned as is, without reading any image, unless `force`.
-    Returns {activation tensor name: int8 scale}.
+    Returns {activation tensor name: int8 scale}. log: where each pass over the images reports its
+    progress (none without it).
     """
     check_method(method, percentile, smoothing_alpha)
     if not Path(onnx_path).is_file():
@@ -175,18 +178,19 @@ def calibrate(
     files = pick(list_images(images), num)
     if len(files) < batch:
         raise UserError(f"{len(files)} calibration image(s) in {images} are fewer than the model's batch of {batch}")
-    def feeds() -> Iterator[dict[str, np.ndarray]]:
-        return _feeds(files, model.graph.input[0].name, batch, size)
+    def feeds(ranges: str) -> Iterator[dict[str, np.ndarray]]:
+        batches = _feeds(files, model.graph.input[0].name, batch, size)
+        return progress(batches, f"calibration, {ranges}", total=len(files) // batch, log=log) if log else batches
 
     activations = sorted({layer.activation for layer in layers})
-    channel_amax = collect_channel_amax(model, activations, feeds())
+    channel_amax = collect_channel_amax(model, activations, feeds("channel ranges"))
     sites = fold_sites(model, layers) if smoothing_alpha is not None else {}
     factors = factors_for(model, sites, channel_amax, smoothing_alpha) if sites else {}
     amax = {name: float(np.max(channel_amax[name] / factors.get(name, 1.0))) for name in activations}
     by_method = [] if method == "max" else sorted({layer.activation for layer in layers
                                                    if layer.role not in MAX_RANGE_ROLES})
     if by_method:
-        amax.update(collect_amax(smooth(model, layers, factors), by_method, feeds(), method, percentile))
+        amax.update(collect_amax(smooth(model, layers, factors), by_method, feeds(f"{method} ranges"), method, percentile))
     cache = CalibrationCache(settings, model_fingerprint, amax,
                              {name: tuple(float(f) for f in value) for name, value in sorted(factors.items())})
     save_cache(cache, out_path)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from rmeeto_export.errors import UserError
-from rmeeto_export.export.parity import run_onnx, torch_logits
+from rmeeto_export.export.parity import per_image_max_rel, run_onnx, torch_logits
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class Int8Parity:
     max_rel: float  # max |int8 - fp32| / max |fp32 logit|
     tolerance: Int8Tolerance
     passed: bool
+    per_image_max_rel: tuple[float, ...] = ()  # for the report's figure
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -68,7 +69,7 @@ def compare_int8_logits(actual: np.ndarray, expected: np.ndarray, provider: str,
     passed = (agreement >= tolerance.min_top1_agreement and median_cosine >= tolerance.min_median_cosine
               and mean_rel <= tolerance.max_mean_rel)
     return Int8Parity(len(expected), provider, agreement, median_cosine, mean_cosine, mean_rel, max_rel, tolerance,
-                      passed)
+                      passed, per_image_max_rel(actual, expected))
 
 
 def check_int8_parity(model: nn.Module, int8_onnx: Union[str, os.PathLike], images: torch.Tensor,

@@ -62,6 +62,7 @@ class ParityReport:
     decisive_top1_mismatches: int
     tolerance: Tolerance
     passed: bool
+    per_image_max_rel: tuple[float, ...] = ()  # for the report's figure; max_rel is their maximum
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -111,6 +112,12 @@ def torch_logits(model: nn.Module, images: torch.Tensor) -> np.ndarray:
         model.train(was_training)
 
 
+def per_image_max_rel(actual: np.ndarray, expected: np.ndarray) -> tuple[float, ...]:
+    """Each image's largest |actual - expected| logit over the largest |expected| logit of all images."""
+    scale = max(float(np.abs(expected).max()), np.finfo(np.float64).tiny)
+    return tuple(float(error) / scale for error in np.abs(actual - expected).max(axis=1))
+
+
 def compare_logits(actual: np.ndarray, expected: np.ndarray, precision: str, provider: str) -> ParityReport:
     tolerance = TOLERANCES[precision]
     error = np.abs(actual - expected)
@@ -135,6 +142,7 @@ def compare_logits(actual: np.ndarray, expected: np.ndarray, precision: str, pro
         decisive_top1_mismatches=mismatches,
         tolerance=tolerance,
         passed=passed,
+        per_image_max_rel=per_image_max_rel(actual, expected),
     )
 
 

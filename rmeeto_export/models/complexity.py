@@ -33,6 +33,11 @@ def gflops(cfg: VimConfig, tokens_per_block: tuple[int, ...]) -> float:
     return (patch_embed + blocks + head) / 1e9
 
 
+def block_gflops(cfg: VimConfig, tokens_per_block: tuple[int, ...]) -> list[float]:
+    """GFLOPs of each block at its token count (patch embedding and head excluded)."""
+    return [token_macs_per_block(cfg) * tokens / 1e9 for tokens in tokens_per_block]
+
+
 def model_gflops(model: Vim) -> float:
     return gflops(model.cfg, model.schedule.tokens_per_block)
 

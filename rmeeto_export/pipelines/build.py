@@ -22,6 +22,7 @@ from rmeeto_export.pipelines.checks import check_build, check_calibration_images
 from rmeeto_export.pipelines.folder import BuildFolder, graph_name
 from rmeeto_export.pipelines.settings import BuildSettings, CalibrationSettings
 from rmeeto_export.pipelines.stages import Log, Runner, Stage, StageContext, StageResult
+from rmeeto_export.progress import progress
 from rmeeto_export.precision import exported_precision
 
 INT8_PARITY_IMAGES = 64  # see int8_parity_inputs
@@ -78,6 +79,16 @@ def load_model(settings: BuildSettings, folder: BuildFolder):
 # The stages
 
 
+def shapes_only_model(settings: BuildSettings):
+    """The merged model on the meta device: its config and schedule, no weights (they depend on the shapes only)."""
+    from rmeeto_export.models import create_model
+
+    model_settings = settings.model
+    with torch.device("meta"):
+        return create_model(model_settings.name, merge_ratio=model_settings.ratio, merge_r=model_settings.r,
+                            **model_settings.overrides)
+
+
 def retrain_stage(settings: BuildSettings) -> Stage:
     from rmeeto_export.pipelines.retrain import RetrainConfig, retrain
 
@@ -108,13 +119,7 @@ def load_stage(settings: BuildSettings) -> Stage:
 
 def schedule_stage(settings: BuildSettings) -> Stage:
     def run(context: StageContext) -> StageResult:
-        from rmeeto_export.models import create_model
-
-        model_settings = settings.model
-        with torch.device("meta"):  # the schedule depends on the shapes only
-            model = create_model(model_settings.name, merge_ratio=model_settings.ratio, merge_r=model_settings.r,
-                                 **model_settings.overrides)
-        schedule = model.schedule
+        schedule = shapes_only_model(settings).schedule
         context.output(files.SCHEDULE).write_text(schedule.to_json() + "\n")
         summary = {"r": schedule.r, "effective_ratio": schedule.effective_ratio,
                    "tokens_last_block": schedule.tokens_per_block[-1]}
@@ -132,9 +137,15 @@ def export_stage(settings: BuildSettings) -> Stage:
         from rmeeto_export.export.onnx_export import inline_custom_ops
 
         export = settings.export
-        graph = build_onnx(context.model, batch=export.batch, precision=exported_precision(export.precision))
-        context.output(files.ONNX).write_bytes(graph.SerializeToString())
-        context.output(files.PORTABLE_ONNX).write_bytes(inline_custom_ops(graph).SerializeToString())
+        graphs = {}
+        make = {  # the portable graph inlines the first one's functions: one trace
+            files.ONNX: lambda: build_onnx(context.model, batch=export.batch,
+                                           precision=exported_precision(export.precision)),
+            files.PORTABLE_ONNX: lambda: inline_custom_ops(graphs[files.ONNX]),
+        }
+        for name in progress(make, "graphs", log=context.log):
+            graphs[name] = make[name]()
+            context.output(name).write_bytes(graphs[name].SerializeToString())
         return StageResult(note=f"{files.ONNX}, {files.PORTABLE_ONNX} (batch {export.batch})")
 
     return Stage("export", "export ONNX", run, groups=(*model_groups(settings), "export"), inputs=model_inputs(settings),
@@ -151,7 +162,7 @@ def calibrate_stage(settings: BuildSettings, force: bool = False) -> Stage:
         calibration = settings.calibration
         cache = context.staging.path_from_previous(files.CALIBRATION)
         twins = {context.input(graph): context.output(twin) for graph, twin in files.INT8_TWINS.items()}
-        quantize_graphs(twins, cache, calibration, force=force)
+        quantize_graphs(twins, cache, calibration, force=force, log=context.log)
         smoothing = f"smoothing alpha {calibration.smoothing_alpha}" if calibration.smoothing else "no smoothing"
         return StageResult(note=f"{calibration.method} ranges on {calibration.num} images of {calibration.data}, "
                                 f"{smoothing}: {', '.join(files.INT8_TWINS.values())}")
@@ -213,15 +224,15 @@ def parity_stage(settings: BuildSettings) -> Stage:
         expected = {precision: torch_logits(model, images) for precision, images in inputs.items()}
         sizes = parity_batch_sizes(settings.export.batch_range, PARITY_BATCH_CAP)
         results = {}
-        for name, precision in graphs.items():
-            for size in sizes:
-                count = len(inputs[precision]) - len(inputs[precision]) % size  # whole batches of this size
-                actual, provider = run_onnx(context.input(name), inputs[precision][:count].numpy(), batch=size)
-                wanted = expected[precision][:count]
-                report = (compare_int8_logits(actual, wanted, provider, int8_tolerance) if precision == "int8"
-                          else compare_logits(actual, wanted, precision, provider))
-                key = f"onnxruntime:{name}" + (f"@batch{size}" if settings.export.batch_range.dynamic else "")
-                results[key] = report.to_dict()
+        runs = [(name, precision, size) for name, precision in graphs.items() for size in sizes]
+        for name, precision, size in progress(runs, "graph runs", log=context.log):
+            count = len(inputs[precision]) - len(inputs[precision]) % size  # whole batches of this size
+            actual, provider = run_onnx(context.input(name), inputs[precision][:count].numpy(), batch=size)
+            wanted = expected[precision][:count]
+            report = (compare_int8_logits(actual, wanted, provider, int8_tolerance) if precision == "int8"
+                      else compare_logits(actual, wanted, precision, provider))
+            key = f"onnxruntime:{name}" + (f"@batch{size}" if settings.export.batch_range.dynamic else "")
+            results[key] = report.to_dict()
         passed = all(result["passed"] for result in results.values())
         samples = {precision: len(images) for precision, images in inputs.items()}
         context.output(files.PARITY).write_text(json.dumps(
@@ -253,6 +264,32 @@ def _parity_summary(result: dict) -> dict:
     cosine = result["min_cosine"] if "min_cosine" in result else result["median_cosine"]
     return {"passed": result["passed"], "max_rel": result["max_rel"], "cosine": cosine,
             "top1_agreement": result["top1_agreement"]}
+
+
+def figures_stage(settings: BuildSettings) -> Stage:
+    """The report's PNG figures: tokens and GFLOPs per block, plain vs merged; parity error per input and graph."""
+
+    def run(context: StageContext) -> StageResult:
+        from rmeeto_export.models.complexity import block_gflops
+        from rmeeto_export.pipelines import figures
+
+        plt = figures.pyplot()
+        if plt is None:
+            return StageResult(status="skipped", note=figures.MISSING_MATPLOTLIB)
+        model = shapes_only_model(settings)
+        cfg, merged = model.cfg, list(model.schedule.tokens_per_block)
+        plain = [cfg.num_tokens] * cfg.depth
+        figures.tokens_figure(plt, plain, merged, model.schedule.r, context.output(files.TOKENS_FIGURE))
+        figures.gflops_figure(plt, block_gflops(cfg, plain), block_gflops(cfg, merged), context.output(files.GFLOPS_FIGURE))
+        written = [files.TOKENS_FIGURE, files.GFLOPS_FIGURE]
+        errors, limits = figures.parity_errors(json.loads(context.input(files.PARITY).read_text()))
+        if errors:
+            figures.parity_figure(plt, errors, limits, context.output(files.PARITY_FIGURE))
+            written.append(files.PARITY_FIGURE)
+        return StageResult(note=", ".join(written))
+
+    return Stage("figures", "draw the report's figures", run, groups=("model",), inputs=(files.PARITY,),
+                 outputs=tuple(files.FIGURES))
 
 
 def engine_stage(settings: BuildSettings) -> Stage:
@@ -301,7 +338,7 @@ def build_stages(settings: BuildSettings) -> list[Stage]:
     stages += [load_stage(settings), schedule_stage(settings), export_stage(settings)]
     if settings.calibrating:
         stages.append(calibrate_stage(settings))
-    return stages + [parity_stage(settings), engine_stage(settings)]
+    return stages + [parity_stage(settings), figures_stage(settings), engine_stage(settings)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,7 +371,8 @@ def rerun_verify(out: Path, log: Log = print, force: bool = False) -> BuildFolde
     """The parity stage on a build folder."""
     folder = BuildFolder.open(out)
     settings = folder.settings
-    return Runner(folder, [load_stage(settings), parity_stage(settings)], log, force=("parity",) if force else ()).run()
+    stages = [load_stage(settings), parity_stage(settings), figures_stage(settings)]
+    return Runner(folder, stages, log, force=("parity",) if force else ()).run()
 
 
 def calibrate_folder(out: Path, changes: dict, log: Log = print, recalibrate: bool = False) -> BuildFolder:

@@ -42,8 +42,16 @@ TIMING_CACHE = "timing.cache"
 RETRAINED_WEIGHTS = "retrain/model.pth"
 RETRAIN_METRICS = "retrain/metrics.json"
 RETRAIN_CHECKPOINT = "retrain/checkpoint.pth"
+TOKENS_FIGURE = "figures/tokens_per_block.png"
+GFLOPS_FIGURE = "figures/gflops_per_block.png"
+PARITY_FIGURE = "figures/parity_error.png"
+FIGURES = {  # file: caption in report.md
+    TOKENS_FIGURE: "Tokens per block, plain and merged",
+    GFLOPS_FIGURE: "GFLOPs per block, plain and merged",
+    PARITY_FIGURE: "Parity error of every input image, per graph",
+}
 ARTIFACTS = (SCHEDULE, ONNX, PORTABLE_ONNX, CALIBRATION, INT8_ONNX, PORTABLE_INT8_ONNX, PARITY, ENGINE,
-             ENGINE_RECORD, TIMING_CACHE, RETRAINED_WEIGHTS, RETRAIN_METRICS, RETRAIN_CHECKPOINT)
+             ENGINE_RECORD, TIMING_CACHE, RETRAINED_WEIGHTS, RETRAIN_METRICS, RETRAIN_CHECKPOINT, *FIGURES)
 INT8_TWINS = {ONNX: INT8_ONNX, PORTABLE_ONNX: PORTABLE_INT8_ONNX}
 MANIFEST_VERSION = 2
 STAGING_PREFIX = ".staging-"

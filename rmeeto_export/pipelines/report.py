@@ -28,6 +28,18 @@ def report_text(folder: "BuildFolder") -> str:
                   "| --- | --- | --- | --- | --- |"]
         lines += [f"| {key} | {p['passed']} | {p['max_rel']:.2e} | {p['cosine']:.6f} | "
                   f"{p['top1_agreement']:.0%} |" for key, p in data["parity"].items()]
+    lines += _figure_lines(folder)
     lines += ["", "| artifact | bytes | sha256 |", "| --- | --- | --- |"]
     lines += [f"| {name} | {a['bytes']} | `{a['sha256'][:16]}` |" for name, a in data["artifacts"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _figure_lines(folder: "BuildFolder") -> list[str]:
+    """The figures the folder has, as images; the reason when the figures stage was skipped."""
+    from rmeeto_export.pipelines.folder import FIGURES
+
+    lines = [f"![{caption}]({name})" for name, caption in FIGURES.items() if folder.path(name).is_file()]
+    stage = folder.manifest["stages"].get("figures", {})
+    if stage.get("status") == "skipped":
+        lines.append(f"Figures: {stage.get('note', 'skipped')}")
+    return ["", "## Figures", "", *lines] if lines else []

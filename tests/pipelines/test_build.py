@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from rmeeto_export.cli import main
 from rmeeto_export.files import file_sha256
 from rmeeto_export.pipelines.build import build, rerun_verify
+from rmeeto_export.pipelines.folder import FIGURES
 from rmeeto_export.pipelines.settings import BuildSettings, ModelSettings, ParitySettings, RetrainSettings
 from rmeeto_export.pipelines.stages import StageFailed
 from tests.support.builds import assert_manifest_matches_files, tiny_settings
@@ -29,12 +30,12 @@ def built(tmp_path_factory):
 def test_build_writes_every_artifact_with_its_digest(built):
     out, manifest, lines = built
     engine = {"model.engine", "model.engine.json"} if HAS_TRT else set()
-    assert set(manifest["artifacts"]) == {"schedule.json", "model.onnx", "model.portable.onnx", "parity.json"} | engine
+    assert set(manifest["artifacts"]) == {"schedule.json", "model.onnx", "model.portable.onnx", "parity.json"} | engine | set(FIGURES)
     for name, artifact in manifest["artifacts"].items():
         assert file_sha256(out / name) == artifact["sha256"]
     assert (out / "report.md").is_file() and (out / "manifest.json").is_file()
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".staging")]
-    assert json.loads((out / "manifest.json").read_text())["stages"].keys() == {"load", "schedule", "export", "parity", "engine"}
+    assert json.loads((out / "manifest.json").read_text())["stages"].keys() == {"load", "schedule", "export", "parity", "figures", "engine"}
 
 
 def test_build_says_loudly_that_weights_are_random(built):
@@ -42,7 +43,7 @@ def test_build_says_loudly_that_weights_are_random(built):
     assert manifest["random_weights"] is True
     assert any("RANDOM weights" in line for line in lines)
     assert "Random weights" in (out / "report.md").read_text()
-    assert [line.split("]")[0] for line in lines if line.startswith("[")] == [f"[{i}/5" for i in range(1, 6)]
+    assert [line.split("]")[0] for line in lines if line.startswith("[")] == [f"[{i}/6" for i in range(1, 7)]
 
 
 def test_parity_of_both_graphs_in_fp32(built):
@@ -99,8 +100,8 @@ def test_int8_build_calibrates_and_checks_the_int8_graphs(int8_build):
     out, _, lines = int8_build
     manifest = assert_manifest_matches_files(out)
     assert [line.split(" ...")[0] for line in lines if line.startswith("[")] == [
-        "[1/6] load vim_t", "[2/6] freeze the merge schedule", "[3/6] export ONNX", "[4/6] calibrate INT8",
-        "[5/6] check ONNX Runtime against PyTorch", "[6/6] build the TensorRT engine"]
+        "[1/7] load vim_t", "[2/7] freeze the merge schedule", "[3/7] export ONNX", "[4/7] calibrate INT8",
+        "[5/7] check ONNX Runtime against PyTorch", "[6/7] draw the report's figures", "[7/7] build the TensorRT engine"]
     assert manifest["stages"]["calibrate"]["status"] == "ok" and manifest["stages"]["calibrate"]["seconds"] > 0
     assert {"calibration.json", "model.int8.onnx", "model.portable.int8.onnx"} <= set(manifest["artifacts"])
     parity = json.loads((out / "parity.json").read_text())
@@ -126,7 +127,7 @@ def test_build_retrains_first_when_given_data(tmp_path):
                              retrain=RetrainSettings(data=str(data), epochs=1, batch_size=4, workers=0))
     lines = []
     manifest = build(settings, tmp_path / "out", log=lines.append).manifest
-    assert lines[0].startswith("[1/6] re-train") and manifest["stages"]["retrain"]["status"] == "ok"
+    assert lines[0].startswith("[1/7] re-train") and manifest["stages"]["retrain"]["status"] == "ok"
     assert (tmp_path / "out" / "retrain" / "model.pth").is_file() and "retrain/model.pth" in manifest["artifacts"]
     assert manifest["stages"]["load"]["note"] == "vim_t, weights retrain/model.pth"
     assert manifest["random_weights"] is False
