@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_TIMEOUT_S = 240  # the whole check must stay under 8 minutes on one H100/H200
 MODEL_BATCH = 128
 MODEL_COLUMNS = ["model", "r", "batch", "ms", "images_per_s", "speedup"]
+THROUGHPUT_FIGURE = "model_throughput.png"  # beside the JSON
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -164,6 +165,18 @@ def render(report: dict, stages) -> str:
     return "\n".join(lines)
 
 
+def throughput_plot(rows: Optional[list[dict]], out: Path) -> Optional[str]:
+    """The plain vs merged latency/throughput figure beside the JSON; a line saying what was drawn, or why not."""
+    from rmeeto_export.pipelines import figures
+
+    if not rows:
+        return None
+    plt = figures.pyplot()
+    if plt is None:
+        return f"no figure: {figures.MISSING_MATPLOTLIB}"
+    return f"figure: {figures.throughput_figure(plt, rows, out.with_name(THROUGHPUT_FIGURE))}"
+
+
 def gpu_description() -> dict:
     return {"name": torch.cuda.get_device_name(), "capability": ".".join(map(str, torch.cuda.get_device_capability())),
             "torch": torch.__version__, "cuda": torch.version.cuda, "peak_gb_per_s": bench.peak_bandwidth_gb_per_s()}  # fmt: skip
@@ -184,6 +197,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_json_atomic(args.out, report)
     print(render({**report, "gpu": f"{gpu['name']} (sm {gpu['capability']}, peak {gpu['peak_gb_per_s']} GB/s)"}, STAGES))
     print(f"\nfigures: {args.out}")
+    plot = throughput_plot(report["stages"].get("model", {}).get("result"), args.out)
+    if plot:
+        print(plot)
     return 1 if any("error" in stage for stage in report["stages"].values()) else 0
 
 

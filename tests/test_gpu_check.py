@@ -104,3 +104,12 @@ def test_junit_counts(tmp_path):
 def test_format_table_aligns_columns_and_marks_missing_values():
     table = bench_kernels_gpu.format_table("title", [{"a": 1, "b": 0.123456}, {"a": 100, "b": None}], ["a", "b"])
     assert table.splitlines() == ["title", "  a       b", "  1  0.1235", "100       -"]
+
+
+def test_model_rows_become_the_plain_vs_merged_figure(tmp_path):
+    rows = [{"model": "vim_s", "r": 0, "batch": 128, "ms": 80.0, "images_per_s": 1600.0},
+            {"model": "vim_s merged", "r": 11, "batch": 128, "ms": 56.0, "images_per_s": 2285.7}]
+    line = gpu_check.throughput_plot(rows, tmp_path / "gpu_check.json")
+    assert line == f"figure: {tmp_path / gpu_check.THROUGHPUT_FIGURE}"
+    assert (tmp_path / gpu_check.THROUGHPUT_FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert gpu_check.throughput_plot(None, tmp_path / "gpu_check.json") is None  # the model stage failed or was skipped

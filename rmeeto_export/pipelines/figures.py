@@ -90,3 +90,20 @@ def parity_errors(parity: dict[str, Any]) -> tuple[dict[str, list[float]], dict[
         if limit is not None:
             limits[graph] = limit
     return errors, limits
+
+
+def throughput_figure(plt, rows: list[dict[str, Any]], path: Path) -> Path:
+    """Latency (ms per batch) and throughput (images/s) of each measured model, plain next to merged.
+
+    rows: {"model", "batch", "ms", "images_per_s"}, as a GPU benchmark measures them.
+    """
+    labels = [f"{row['model']}\n(batch {row['batch']})" for row in rows]
+    colors = ["#1f77b4" if row.get("r") else "#9aa5b1" for row in rows]  # merged models have r > 0
+    figure, (latency, throughput) = plt.subplots(1, 2, figsize=(8, 3.6))
+    for axes, key, title in ((latency, "ms", "Latency (ms per batch)"), (throughput, "images_per_s", "Throughput (images/s)")):
+        values = [row[key] for row in rows]
+        bars = axes.bar(labels, values, color=colors)
+        axes.bar_label(bars, labels=[f"{v:.4g}" for v in values], fontsize=8)
+        axes.set_title(title)
+        axes.margins(y=0.15)
+    return _save(plt, figure, path)
