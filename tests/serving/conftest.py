@@ -1,25 +1,30 @@
-"""A real TensorRT-RTX engine of the tiny merged Vim with a batch range, built once per session."""
+"""A build folder of the tiny merged Vim with a batch range and a real TensorRT-RTX engine, built once per session
+through the command line (`build --batch 1:4:16`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from tests.support.backends import tensorrt_rtx_or_skip
-
-ENGINE_BATCH = "1:4:16"
+from tests.support.models import TINY_CLI_OPTIONS
 
 
 @pytest.fixture(scope="session")
-def range_engine(tiny_model, tmp_path_factory) -> Path:
-    """model.engine (portable graph, no plugins, sm89) for batches 1..16, its build record beside it."""
+def range_build(tmp_path_factory) -> Path:
+    """The folder: graphs for batches 1..16, parity at 1, 4 and 16, model.engine (portable graph, sm89) with its record."""
     tensorrt_rtx_or_skip()
-    from rmeeto_export.export import export_onnx
-    from rmeeto_export.trt import build_engine
+    from rmeeto_export.cli import main
 
-    folder = tmp_path_factory.mktemp("range-engine")
-    onnx_path = export_onnx(tiny_model, folder / "model.portable.onnx", batch=ENGINE_BATCH, portable=True)
-    build_engine(onnx_path, folder / "model.engine", backend="tensorrt-rtx", plugins="off", batch=ENGINE_BATCH,
-                 target_cc="sm89")
-    return folder / "model.engine"
+    out = tmp_path_factory.mktemp("range-build") / "vim_tiny"
+    result = CliRunner().invoke(main, ["build", *TINY_CLI_OPTIONS, "--batch", "1:4:16", "--parity-samples", "4",
+                                       "--trt", "tensorrt-rtx", "--plugins", "off", "--target-cc", "sm89", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def range_engine(range_build) -> Path:
+    return range_build / "model.engine"

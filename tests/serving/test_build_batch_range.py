@@ -10,10 +10,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from rmeeto_export.cli import main
+from tests.support.models import TINY_CLI_OPTIONS
 from tests.support.backends import HAS_RTX, RTX_MISSING
-from tests.support.models import TINY_MERGE_R, TINY_VIM
-
-TINY_OPTIONS = ["--model", "vim_t", "--r", str(TINY_MERGE_R), *(f"--override={k}={v}" for k, v in TINY_VIM.items())]
 
 
 @pytest.mark.parametrize("batch, message", [
@@ -23,25 +21,16 @@ TINY_OPTIONS = ["--model", "vim_t", "--r", str(TINY_MERGE_R), *(f"--override={k}
     ("1:8", "batch must be N or MIN:OPT:MAX with whole numbers (e.g. 8 or 1:8:64), got '1:8'"),
 ])
 def test_bad_batch_is_one_line_error_before_any_stage(tmp_path, batch, message):
-    result = CliRunner().invoke(main, ["build", *TINY_OPTIONS, "--batch", batch, "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(main, ["build", *TINY_CLI_OPTIONS, "--batch", batch, "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert [line for line in result.output.splitlines() if line.startswith(("error:", "["))] == [f"error: {message}"]
     assert not (tmp_path / "out").exists()
 
 
 def test_batch_range_with_int8_calibration_is_refused(tmp_path):
-    result = CliRunner().invoke(main, ["build", *TINY_OPTIONS, "--batch", "1:4:16", "--precision", "int8",
+    result = CliRunner().invoke(main, ["build", *TINY_CLI_OPTIONS, "--batch", "1:4:16", "--precision", "int8",
                                        "--calib-data", str(tmp_path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "INT8 calibration runs graphs of a fixed batch" in result.output
-
-
-@pytest.fixture(scope="module")
-def range_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("range-build") / "vim_tiny"
-    result = CliRunner().invoke(main, ["build", *TINY_OPTIONS, "--batch", "1:4:16", "--parity-samples", "4",
-                                       "--trt", "tensorrt-rtx", "--plugins", "off", "--target-cc", "sm89", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
 
 
 @pytest.mark.trt
@@ -52,14 +41,6 @@ def test_parity_runs_every_graph_at_min_opt_and_max(range_build):
     graphs = ("model.onnx", "model.portable.onnx")
     assert set(parity["results"]) == {f"onnxruntime:{g}@batch{b}" for g in graphs for b in (1, 4, 16)}
     assert parity["results"]["onnxruntime:model.onnx@batch16"]["images"] == 16
-
-
-@pytest.mark.trt
-@pytest.mark.skipif(not HAS_RTX, reason=RTX_MISSING)
-def test_engine_has_one_profile_for_the_range(range_build):
-    engine = json.loads((range_build / "manifest.json").read_text())["engine"]
-    assert engine["batch"] == {"min": 1, "opt": 4, "max": 16}
-    assert engine["inputs"] == [{"name": "images", "shape": [-1, 3, 32, 32], "dtype": "FLOAT"}]
 
 
 @pytest.mark.trt

@@ -28,3 +28,6 @@ def tiny_vim(merge_r: int = TINY_MERGE_R, seed: int = 0, spread_logits: bool = F
         with torch.no_grad():
             model.head.weight.normal_(0.0, 1.0)
     return model
+
+# The tiny merged Vim as `rmeeto-export build` options.
+TINY_CLI_OPTIONS = ["--model", "vim_t", "--r", str(TINY_MERGE_R), *(f"--override={k}={v}" for k, v in TINY_VIM.items())]
