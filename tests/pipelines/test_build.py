@@ -1,6 +1,7 @@
 """The build job end to end on a tiny model: artifacts, parity, re-training first, re-running stages alone."""
 
 import json
+import shutil
 
 import onnx
 import pytest
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 
 from rmeeto_export.cli import main
 from rmeeto_export.files import file_sha256
+from rmeeto_export.pipelines import figures
 from rmeeto_export.pipelines.build import build, rerun_verify
 from rmeeto_export.pipelines.folder import FIGURES
 from rmeeto_export.pipelines.settings import BuildSettings, ModelSettings, ParitySettings, RetrainSettings
@@ -133,3 +135,36 @@ def test_build_retrains_first_when_given_data(tmp_path):
     assert manifest["random_weights"] is False
     assert json.loads((tmp_path / "out" / "parity.json").read_text())["passed"]
     assert_manifest_matches_files(tmp_path / "out")
+
+
+# --- the report's figures -----------------------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_figure_is_a_png_shown_in_the_report(built):
+    out, manifest, _ = built
+    report = (out / "report.md").read_text()
+    for name, caption in FIGURES.items():
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
+        assert f"![{caption}]({name})" in report
+        assert name in manifest["artifacts"]
+
+
+def test_parity_figure_has_every_graph_and_image(built):
+    out, _, _ = built
+    errors, limits = figures.parity_errors(json.loads((out / "parity.json").read_text()))
+    assert set(errors) == {"model.onnx", "model.portable.onnx"}
+    assert all(len(values) == 4 and max(values) <= limits[graph] for graph, values in errors.items())
+
+
+def test_without_matplotlib_the_report_says_how_to_get_the_figures(built, tmp_path, monkeypatch):
+    out = tmp_path / "copy"
+    shutil.copytree(built[0], out)  # the module's build folder stays as it is for the other tests
+    shutil.rmtree(out / "figures")  # so the figures stage is not up to date
+    monkeypatch.setattr(figures, "pyplot", lambda: None)
+    lines = []
+    rerun_verify(out, log=lines.append)
+    assert any("skipped" in line and figures.MISSING_MATPLOTLIB in line for line in lines)
+    assert f"Figures: {figures.MISSING_MATPLOTLIB}" in (out / "report.md").read_text()
+    assert not (out / "figures").exists()
