@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from rmeeto_export.calibration import load_cache
 from rmeeto_export.cli import main
 from rmeeto_export.pipelines.build import build
-from tests.support.builds import assert_manifest_matches_files, tiny_settings
+from tests.support.builds import assert_manifest_matches_files, files_of, tiny_settings
 
 BUILT = ["manifest.json", "model.onnx", "model.portable.onnx", "parity.json", "report.md", "schedule.json"]
 
@@ -60,11 +60,11 @@ def test_smoothing_options_reach_the_cache(build_dir, image_folder, extra, alpha
 )
 def test_bad_input_is_one_line_and_exit_1(build_dir, image_folder, tmp_path_factory, data, extra, message):
     folder = tmp_path_factory.mktemp("empty") if data == "empty" else image_folder
-    before = {p: p.read_bytes() for p in build_dir.rglob("*") if p.is_file()}
+    before = files_of(build_dir)
     result = CliRunner().invoke(main, ["calibrate", "--out", str(build_dir), "--data", str(folder), *extra])
     assert result.exit_code == 1
     assert result.output.startswith(message) and result.output.count("\n") == 1
-    assert {p: p.read_bytes() for p in build_dir.rglob("*") if p.is_file()} == before
+    assert files_of(build_dir) == before
 
 
 @pytest.mark.parametrize("extra, message", [(["--method", "kl"], "Invalid value for '--method'"),
