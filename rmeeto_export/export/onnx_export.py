@@ -6,8 +6,9 @@ would inline every function.
 
 Graph interface, whatever the precision: input "images" fp32 (batch, 3, img, img), output "logits"
 fp32 (batch, classes). The batch is a fixed number, or the symbolic dimension "batch" when exported
-for a batch range (export/batch.py); token counts are static either way. fp16 graphs cast the images to fp16 first and the logits back to fp32 last,
-so callers never handle fp16 buffers; inside, casts are explicit (the graph is strongly typed).
+for a batch range (export/batch.py); token counts are static either way. fp16 graphs cast the
+images to fp16 first and the logits back to fp32 last, so callers never handle fp16 buffers;
+inside, casts are explicit (the graph is strongly typed).
 """
 
 from __future__ import annotations

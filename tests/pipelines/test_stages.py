@@ -23,13 +23,19 @@ from rmeeto_export.pipelines.settings import ParitySettings
 from rmeeto_export.pipelines.stages import StageFailed
 from tests.support.builds import TINY_FLAGS, assert_manifest_matches_files, files_of, tiny_settings
 
-STAGES = ["load", "schedule", "export", "calibrate", "parity", "engine"]
+STAGES = ["load", "schedule", "export", "calibrate", "parity", "figures", "engine"]
 
 
 def stage_lines(lines: list[str]) -> dict[str, str]:
-    """{stage title: the status line after it} from a run's progress lines."""
-    titles = [i for i, line in enumerate(lines) if line.startswith("[")]
-    return {lines[i].split("] ")[1].removesuffix(" ..."): lines[i + 1].strip() for i in titles}
+    """{stage title: its status line, the last indented line under it (after any progress lines)} from a run's lines."""
+    statuses: dict[str, str] = {}
+    title = None
+    for line in lines:
+        if line.startswith("["):
+            title = line.split("] ")[1].removesuffix(" ...")
+        elif title and line.startswith(" "):
+            statuses[title] = line.strip()
+    return statuses
 
 
 def with_stage_replaced(monkeypatch, name: str, replace) -> None:
@@ -60,7 +66,7 @@ def test_a_changed_setting_reruns_only_the_stages_that_read_it(int8_build, int8_
     build(settings.replace(parity=ParitySettings(samples=2)), int8_copy, log=lines.append)
     statuses = stage_lines(lines)
     ran = sorted(title for title, status in statuses.items() if status.startswith("ok"))
-    assert ran == ["check ONNX Runtime against PyTorch", "load vim_t"]
+    assert ran == ["check ONNX Runtime against PyTorch", "draw the report's figures", "load vim_t"]  # figures read parity.json
     manifest = assert_manifest_matches_files(int8_copy)
     assert manifest["settings"]["parity"] == {"samples": 2}
     assert json.loads((int8_copy / "parity.json").read_text())["samples"]["fp32"] == 2
@@ -110,7 +116,7 @@ def test_sigint_during_a_stage_leaves_the_folder_as_it_was_before_it(tmp_path):
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if line.startswith("[3/5] export ONNX"):
+        if line.startswith("[3/6] export ONNX"):
             before = files_of(out)
             process.send_signal(signal.SIGINT)
             break
