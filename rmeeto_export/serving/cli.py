@@ -16,9 +16,8 @@ import click
 def package_command(out: Path, repository: Path, name: Optional[str]) -> None:
     """Add the build folder's engine to a Triton model repository (config.pbtxt, model.plan, plugins)."""
     from rmeeto_export.pipelines.folder import ENGINE
-    from rmeeto_export.serving.triton import launch_command, write_model
+    from rmeeto_export.serving.triton import write_model
 
-    folder = write_model(out / ENGINE, repository, name or out.resolve().name)
-    library = next(folder.glob("*.so"), None)
-    click.echo(f"wrote {folder}: config.pbtxt, 1/model.plan{', ' + library.name if library else ''}, README.md")
-    click.echo(f"serve it with: {launch_command(repository, folder.name, library)}")
+    model = write_model(out / ENGINE, repository, name or out.resolve().name)
+    click.echo(f"wrote {model.folder}: {', '.join(model.files)}")
+    click.echo(f"serve it with: {model.command}")

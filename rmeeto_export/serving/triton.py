@@ -1,7 +1,7 @@
 """A Triton Inference Server model repository entry for a built engine.
 
 `<repository>/<model>/` holds config.pbtxt (platform "tensorrt_plan"), the engine as 1/model.plan,
-the C++ plugin library the engine was built with, and README.md with the launch command: Triton's
+the C++ plugin library the engine was built with (and the kernels library it loads), and README.md with the launch command: Triton's
 TensorRT backend finds custom plugins only in libraries loaded into the server process, hence
 LD_PRELOAD. Names, shapes and dtypes come from the engine's build record, which lists the network's
 inputs and outputs as TensorRT built them.
@@ -17,10 +17,12 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from rmeeto_export.errors import UserError
 from rmeeto_export.files import file_sha256
+from rmeeto_export.trt.plugins import elf_needed_libraries
 from rmeeto_export.trt.record import BuildRecord, TensorSpec, read_record
 
 CONFIG = "config.pbtxt"
@@ -104,6 +106,13 @@ def plugin_library(record: BuildRecord) -> Path | None:
     return library
 
 
+def plugin_files(library: Path) -> list[Path]:
+    """The plugin library and the libraries it needs from its own folder (our kernels library, which its
+    $ORIGIN run path finds beside it); TensorRT and the C++ runtime come from the server."""
+    beside = (library.parent / name for name in elf_needed_libraries(library))
+    return [library, *(path for path in beside if path.is_file())]
+
+
 def launch_command(repository: Path, name: str, library: Path | None) -> str:
     """The tritonserver command line; LD_PRELOAD makes the plugin library's creators known to TensorRT."""
     preload = f"LD_PRELOAD={repository.resolve() / name / library.name} " if library else ""
@@ -132,8 +141,15 @@ def _readme(name: str, record: BuildRecord, library: Path | None, repository: Pa
     return "\n".join(lines) + "\n"
 
 
-def write_model(engine: Path, repository: Path, name: str) -> Path:
-    """Writes `repository/name/` for `engine` (its build record next to it) and returns that folder.
+@dataclass(frozen=True)
+class TritonModel:
+    folder: Path  # repository/name
+    files: tuple[str, ...]  # written into it
+    command: str  # the tritonserver command line that serves it
+
+
+def write_model(engine: Path, repository: Path, name: str) -> TritonModel:
+    """Writes `repository/name/` for `engine` (its build record next to it).
 
     The folder is assembled under a temporary name and renamed, so an interruption leaves none.
     """
@@ -155,12 +171,13 @@ def write_model(engine: Path, repository: Path, name: str) -> Path:
         (staging / VERSION).mkdir()
         shutil.copyfile(engine, staging / VERSION / PLAN)
         (staging / CONFIG).write_text(config)
-        if library:
-            shutil.copyfile(library, staging / library.name)
+        for file in plugin_files(library) if library else ():
+            shutil.copyfile(file, staging / file.name)
         (staging / README).write_text(_readme(name, record, library, repository))
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the server may run as another user
+        files = tuple(sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file()))
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return target
+    return TritonModel(target, files, launch_command(repository, name, library))

@@ -12,6 +12,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.serving import triton
 from rmeeto_export.serving.triton import TRITON_DTYPES, write_model
 from rmeeto_export.trt.plugins import PluginSource
 from rmeeto_export.trt.record import BuildRecord, TensorSpec, read_record, write_record
@@ -36,7 +37,8 @@ def _stated(tensors) -> list[tuple]:
 @pytest.mark.skipif(not HAS_RTX, reason=RTX_MISSING)
 def test_config_of_a_real_engine_matches_its_build_record(range_engine, tmp_path):
     record = read_record(range_engine)
-    folder = write_model(range_engine, tmp_path / "repository", "vim_tiny")
+    model = write_model(range_engine, tmp_path / "repository", "vim_tiny")
+    folder = model.folder
     config = _parse(folder)
     assert config.name == "vim_tiny" and config.platform == "tensorrt_plan"
     assert config.max_batch_size == record.batch["max"] == 16
@@ -45,7 +47,8 @@ def test_config_of_a_real_engine_matches_its_build_record(range_engine, tmp_path
     assert config.input[0].data_type == model_config_pb2.TYPE_FP32
     assert config.HasField("dynamic_batching") and list(config.dynamic_batching.preferred_batch_size) == [record.batch["opt"]]
     assert (folder / "1" / "model.plan").read_bytes() == range_engine.read_bytes()
-    assert sorted(p.name for p in folder.iterdir()) == ["1", "README.md", "config.pbtxt"]  # no plugin library needed
+    assert model.files == ("1/model.plan", "README.md", "config.pbtxt")  # no plugin library needed
+    assert sorted(p.name for p in folder.iterdir()) == ["1", "README.md", "config.pbtxt"]
     readme = (folder / "README.md").read_text()
     assert f"tritonserver --model-repository={(tmp_path / 'repository').resolve()}" in readme and "LD_PRELOAD" not in readme
     assert "TensorRT-RTX engine" in readme  # the caveat for Triton's TensorRT backend
@@ -77,20 +80,28 @@ def _plugin_library(folder: Path) -> PluginSource:
 
 def test_fixed_batch_engine_states_full_shapes_without_batching(tmp_path):
     engine = _engine_with_record(tmp_path)
-    config = _parse(write_model(engine, tmp_path / "repo", "vim_s"))
+    config = _parse(write_model(engine, tmp_path / "repo", "vim_s").folder)
     assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
     assert _stated(config.input) == [("images", model_config_pb2.TYPE_FP16, [2, 3, 224, 224])]
     assert _stated(config.output) == [("logits", model_config_pb2.TYPE_FP16, [2, 1000])]
 
 
-def test_plugin_library_travels_with_the_model_and_is_preloaded(tmp_path):
+def test_plugin_library_travels_with_the_kernels_it_loads_and_is_preloaded(tmp_path, monkeypatch):
     source = _plugin_library(tmp_path)
+    (tmp_path / "librmeeto_kernels.so").write_bytes(b"kernels")
+    # What readelf shows for a real build: our kernels library beside it, TensorRT and the C++ runtime elsewhere.
+    needed = {Path(source.library): ["librmeeto_kernels.so", "libtensorrt_rtx.so.1", "libstdc++.so.6"]}
+    monkeypatch.setattr(triton, "elf_needed_libraries", lambda path: needed[path])
     engine = _engine_with_record(tmp_path, plugins=source)
-    folder = write_model(engine, tmp_path / "repo", "vim_s")
+    model = write_model(engine, tmp_path / "repo", "vim_s")
+    folder = model.folder
+    assert model.files == ("1/model.plan", "README.md", "config.pbtxt", "librmeeto_kernels.so", "librmeeto_trt_plugins.so")
     copied = folder / "librmeeto_trt_plugins.so"
     assert copied.read_bytes() == Path(source.library).read_bytes()
+    assert (folder / "librmeeto_kernels.so").read_bytes() == b"kernels"
+    command = f"LD_PRELOAD={copied.resolve()} tritonserver --model-repository={(tmp_path / 'repo').resolve()}"
     readme = (folder / "README.md").read_text()
-    assert f"LD_PRELOAD={copied.resolve()} tritonserver --model-repository={(tmp_path / 'repo').resolve()}" in readme
+    assert model.command == command and command in readme
     assert "-e LD_PRELOAD=/models/vim_s/librmeeto_trt_plugins.so" in readme
 
 
