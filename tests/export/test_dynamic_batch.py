@@ -48,16 +48,11 @@ def test_runs_at_every_batch_size_equal_to_pytorch(dynamic_graphs, merged_model,
     assert report.passed, report  # fp32 tolerance: same math, another summation order (export/parity.py)
 
 
-def test_fixed_batch_graph_keeps_static_shapes(merged_model):
-    graph = build_onnx(merged_model, batch="2").graph
-    assert _dims(graph.input[0]) == [2, 3, 32, 32] and _dims(graph.output[0]) == [2, 10]
-
-
-def test_static_graph_refuses_another_batch(dynamic_graphs, merged_model, images, tmp_path):
-    path = tmp_path / "fixed.onnx"
-    path.write_bytes(build_onnx(merged_model, batch=2).SerializeToString())
-    with pytest.raises(UserError, match="static batch of 2; it cannot run batches of 4"):
-        run_onnx(path, images[:4].numpy(), batch=4)
+def test_fixed_batch_graph_keeps_static_shapes_and_refuses_another_batch(exported, export_batch, images):
+    graph = onnx.load(str(exported[("fp32", False)])).graph  # exported at a fixed batch (tests/export/conftest.py)
+    assert _dims(graph.input[0]) == [export_batch, 3, 32, 32] and _dims(graph.output[0]) == [export_batch, 10]
+    with pytest.raises(UserError, match=f"static batch of {export_batch}; it cannot run batches of 4"):
+        run_onnx(exported[("fp32", False)], images[:4].numpy(), batch=4)
 
 
 @pytest.mark.parametrize(
