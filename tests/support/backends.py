@@ -19,6 +19,19 @@ def tensorrt_rtx_or_skip():
     return pytest.importorskip("tensorrt_rtx", reason=RTX_MISSING)
 
 
+def runnable_rtx_gpu() -> tuple:
+    """(name, compute capability) of the CUDA GPU here, or a skip: none, or one TensorRT-RTX cannot build for."""
+    from rmeeto_export.trt.targets import current_gpu
+
+    gpu = current_gpu()
+    if gpu is None:
+        pytest.skip("no CUDA GPU: running an engine needs one")
+    rtx = tensorrt_rtx_or_skip()
+    if getattr(rtx.ComputeCapability, f"SM{gpu[1][0]}{gpu[1][1]}", None) is None:
+        pytest.skip(f"TensorRT-RTX {rtx.__version__} cannot build for this GPU ({gpu[0]}, sm{gpu[1][0]}{gpu[1][1]})")
+    return gpu
+
+
 @pytest.fixture(scope="session")
 def rtx():
     """TensorRT-RTX with our Python plugins registered: it builds engines on this GPU-less machine."""

@@ -11,9 +11,8 @@ from rmeeto_export.files import file_sha256
 from rmeeto_export.trt.plugins import PluginSource
 from rmeeto_export.trt.record import BuildRecord, read_record
 from rmeeto_export.trt.runtime import Engine, check_engine_fits, plugin_library_for
-from rmeeto_export.trt.targets import current_gpu
 from tests.support.handmade_graphs import write_custom_node_graph
-from tests.support.backends import tensorrt_rtx_or_skip
+from tests.support.backends import runnable_rtx_gpu
 
 
 class _FakeTensorRT:
@@ -101,19 +100,9 @@ def test_manifest_entry_passed_in_is_checked_before_loading(tmp_path):
         Engine(tmp_path / "model.engine", manifest=manifest)
 
 
-def _runnable_rtx_gpu():
-    gpu = current_gpu()
-    if gpu is None:
-        pytest.skip("no CUDA GPU: running an engine needs one")
-    rtx = tensorrt_rtx_or_skip()
-    if getattr(rtx.ComputeCapability, f"SM{gpu[1][0]}{gpu[1][1]}", None) is None:
-        pytest.skip(f"TensorRT-RTX {rtx.__version__} cannot build for this GPU ({gpu[0]}, sm{gpu[1][0]}{gpu[1][1]})")
-    return gpu
-
-
 @pytest.mark.gpu
 def test_python_plugin_engine_matches_the_torch_ops(tmp_path):
-    _runnable_rtx_gpu()
+    runnable_rtx_gpu()
     torch = pytest.importorskip("torch")
     kernels = pytest.importorskip("rmeeto_export.kernels")
     try:
