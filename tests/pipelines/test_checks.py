@@ -156,3 +156,15 @@ def test_tensorrt_that_does_not_import_is_reported_as_such_not_as_missing(tmp_pa
     result = CliRunner().invoke(main, ["build", *TINY_FLAGS, "--out", str(tmp_path / "out")])
     assert_one_line_error(result, "tensorrt is installed but does not import (libnvinfer.so.10: cannot open")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_runs_staging_folder_does_not_block_the_next_build(tmp_path):
+    from rmeeto_export.errors import UserError
+    from rmeeto_export.pipelines.checks import check_out_folder
+
+    out = tmp_path / "out"
+    (out / ".staging-load").mkdir(parents=True)  # what a kill -9 during the first stage leaves
+    check_out_folder(out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not empty and not a build folder"):
+        check_out_folder(out)
