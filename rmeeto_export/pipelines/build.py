@@ -347,7 +347,9 @@ def build_stages(settings: BuildSettings) -> list[Stage]:
 
 def build(settings: BuildSettings, out: Path, log: Log = print, force: tuple[str, ...] = ()) -> BuildFolder:
     """The whole job into `out`: every input is checked before the first stage; stages that are up to date are kept."""
-    check_build(settings, out)
+    decoded = check_build(settings, out)
+    if decoded:
+        log(f"inputs checked; decoded {', '.join(decoded)}")
     if settings.model.random_weights and not settings.retraining:
         log("WARNING: no --weights given: using RANDOM weights (seeded); the result is for checking the "
             "pipeline, not for deployment")

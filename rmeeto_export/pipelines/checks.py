@@ -23,15 +23,19 @@ SAMPLED_IMAGES = 32  # decoded per image folder (per split of an ImageFolder tre
 _SAMPLE_SEED = 0
 
 
-def check_build(settings: BuildSettings, out: Path) -> None:
-    """UserError for the first problem found; nothing is written."""
+def check_build(settings: BuildSettings, out: Path) -> list[str]:
+    """UserError for the first problem found; nothing is written. Returns what was decoded, to be said."""
     settings.check()
     check_out_folder(out)
-    num_classes = check_training_data(settings) if settings.retraining else None
+    decoded = []
+    num_classes = None
+    if settings.retraining:
+        num_classes, decoded = check_training_data(settings)
     check_model(settings, num_classes)
     if settings.calibrating:
-        check_calibration_images(settings.calibration, settings.export.batch_range.max)
+        decoded.append(check_calibration_images(settings.calibration, settings.export.batch_range.max))
     check_engine(settings.engine, settings.export.precision)
+    return decoded
 
 
 def check_out_folder(out: Path) -> None:
@@ -84,36 +88,43 @@ def check_model(settings: BuildSettings, num_classes: Optional[int]) -> None:
         check_state_dict(model, state, model_settings.weights)
 
 
-def check_training_data(settings: BuildSettings) -> int:
-    """The re-training ImageFolder: both splits, enough images for a batch, a sample of them decodes. Its class count."""
+def check_training_data(settings: BuildSettings) -> tuple[int, list[str]]:
+    """The re-training ImageFolder: both splits, enough images for a batch, a sample of them decodes.
+
+    Returns its class count and what was decoded.
+    """
     from rmeeto_export.data import scan_image_folder
     from rmeeto_export.data.loader import check_enough_images
 
     splits = scan_image_folder(settings.retrain.data)
     check_enough_images(len(splits.train), settings.retrain.batch_size, 1)
-    for samples in (splits.train, splits.val):
-        check_decodable([path for path, _ in samples], "training image")
-    return splits.num_classes
+    decoded = [check_decodable([path for path, _ in samples], f"{split} image")
+               for split, samples in (("train", splits.train), ("val", splits.val))]
+    return splits.num_classes, decoded
 
 
-def check_calibration_images(calibration: CalibrationSettings, batch: int) -> None:
-    """The calibration pick holds a batch of images and a sample of it decodes."""
+def check_calibration_images(calibration: CalibrationSettings, batch: int) -> str:
+    """The calibration pick holds a batch of images and a sample of it decodes; says what was decoded."""
     from rmeeto_export.calibration.images import list_images, pick
 
     images = pick(list_images(calibration.data), calibration.num)
     if len(images) < batch:
         raise UserError(f"{len(images)} calibration image(s) in {calibration.data} are fewer than the graph's batch of {batch}")
-    check_decodable(images, "calibration image")
+    return check_decodable(images, "calibration image")
 
 
-def check_decodable(paths: list[str], role: str) -> None:
+def check_decodable(paths: list[str], role: str) -> str:
+    """Decode `paths` (a seeded sample of SAMPLED_IMAGES where there are more); says how many of how many."""
     from rmeeto_export.data.transforms import read_rgb
 
-    if len(paths) > SAMPLED_IMAGES:
+    total = len(paths)
+    if total > SAMPLED_IMAGES:
         rng = np.random.default_rng(_SAMPLE_SEED)
-        paths = [paths[i] for i in sorted(rng.choice(len(paths), SAMPLED_IMAGES, replace=False))]
+        paths = [paths[i] for i in sorted(rng.choice(total, SAMPLED_IMAGES, replace=False))]
     for path in paths:
         read_rgb(path, role=role)  # UnreadableImage (a UserError) names the file
+    sampled = f"a seeded sample of {len(paths)} of the {total}" if len(paths) < total else f"all {total}"
+    return f"{sampled} {role}s"
 
 
 def check_engine(engine: EngineSettings, precision: str) -> None:

@@ -101,6 +101,7 @@ def test_export_rerun_is_byte_identical(built, tmp_path):
 def test_int8_build_calibrates_and_checks_the_int8_graphs(int8_build):
     out, _, lines = int8_build
     manifest = assert_manifest_matches_files(out)
+    assert lines[0] == "inputs checked; decoded all 8 calibration images"
     assert [line.split(" ...")[0] for line in lines if line.startswith("[")] == [
         "[1/7] load vim_t", "[2/7] freeze the merge schedule", "[3/7] export ONNX", "[4/7] calibrate INT8",
         "[5/7] check ONNX Runtime against PyTorch", "[6/7] draw the report's figures", "[7/7] build the TensorRT engine"]
@@ -129,7 +130,8 @@ def test_build_retrains_first_when_given_data(tmp_path):
                              retrain=RetrainSettings(data=str(data), epochs=1, batch_size=4, workers=0))
     lines = []
     manifest = build(settings, tmp_path / "out", log=lines.append).manifest
-    assert lines[0].startswith("[1/7] re-train") and manifest["stages"]["retrain"]["status"] == "ok"
+    assert lines[0] == "inputs checked; decoded all 24 train images, all 12 val images"
+    assert next(line for line in lines if line.startswith("[")).startswith("[1/7] re-train") and manifest["stages"]["retrain"]["status"] == "ok"
     assert (tmp_path / "out" / "retrain" / "model.pth").is_file() and "retrain/model.pth" in manifest["artifacts"]
     assert manifest["stages"]["load"]["note"] == "vim_t, weights retrain/model.pth"
     assert manifest["random_weights"] is False

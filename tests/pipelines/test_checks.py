@@ -110,7 +110,7 @@ def test_bad_build_input_is_one_line_and_leaves_no_folder(tmp_path, vim_s_weight
 
 
 @pytest.mark.parametrize(("kind", "expected"), [("empty class", "has no images"),
-                                                ("unreadable", "unreadable training image")])
+                                                ("unreadable", "unreadable val image")])
 def test_bad_training_folder_fails_before_any_stage(tmp_path, trainable_weights, kind, expected):
     data = training_folder(tmp_path, kind)
     result = CliRunner().invoke(main, ["build", *TRAINABLE_FLAGS, "--weights", str(trainable_weights),
@@ -168,3 +168,13 @@ def test_a_killed_runs_staging_folder_does_not_block_the_next_build(tmp_path):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="is not empty and not a build folder"):
         check_out_folder(out)
+
+
+def test_large_image_folders_are_checked_on_a_seeded_sample_that_is_said(tmp_path):
+    from rmeeto_export.pipelines.checks import SAMPLED_IMAGES, check_decodable
+
+    folder = write_noise_images(tmp_path / "many", SAMPLED_IMAGES + 8, seed=0, size=(4, 4))
+    paths = sorted(str(p) for p in folder.iterdir())
+    assert check_decodable(paths, "calibration image") == \
+        f"a seeded sample of {SAMPLED_IMAGES} of the {SAMPLED_IMAGES + 8} calibration images"
+    assert check_decodable(paths[:3], "calibration image") == "all 3 calibration images"
