@@ -58,6 +58,7 @@ from rmeeto_export.models import Vim, create_model
 from rmeeto_export.models.weights import check_state_dict, read_state_dict
 from rmeeto_export.pipelines.settings import ModelSettings, RetrainSettings, check_teacher, from_options
 from rmeeto_export.pipelines.settings import options as settings_options
+from rmeeto_export.progress import progress
 
 CHECKPOINT_NAME = "checkpoint.pth"
 WEIGHTS_NAME = "model.pth"
@@ -279,13 +280,20 @@ def sum_over_processes(values: list[float], processes: Processes) -> list[float]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: ImageSamples, config: RetrainConfig, processes: Processes) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (percent) over the whole val split, shared out over the processes."""
+def evaluate(model: nn.Module, dataset: ImageSamples, config: RetrainConfig, processes: Processes,
+             log: Optional[Log] = None) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) over the whole val split, shared out over the processes.
+
+    log: where the main process reports its progress through the split (none without it).
+    """
     was_training = model.training
     model.eval()
     batches = eval_batches(len(dataset), config.training.batch_size, processes.world_size, processes.rank)
+    loaded = batches_on(make_loader(dataset, batches, config.training.workers), processes.device)
+    if log is not None and processes.is_main:
+        loaded = progress(loaded, "validation", total=len(batches), log=log)
     correct1 = correct5 = seen = 0.0
-    for images, labels in batches_on(make_loader(dataset, batches, config.training.workers), processes.device):
+    for images, labels in loaded:
         with autocast(processes.device, config.training.amp):
             logits = model(images)
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
@@ -475,15 +483,15 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
         if processes.is_main:
             log(f"resumed from {out / CHECKPOINT_NAME} after epoch {start_epoch}")
     else:
-        record(history, {"stage": "unmerged", **evaluate(unmerged, val_set, config, processes)}, processes, log)
+        record(history, {"stage": "unmerged", **evaluate(unmerged, val_set, config, processes, log)}, processes, log)
         if student.schedule.r:
-            record(history, {"stage": "merged", **evaluate(student, val_set, config, processes)}, processes, log)
+            record(history, {"stage": "merged", **evaluate(student, val_set, config, processes, log)}, processes, log)
     del unmerged  # the trainer keeps it as the teacher when distilling
 
     for epoch in range(start_epoch, config.training.epochs):
         stats = trainer.train_epoch(epoch, train_set)
         evaluated = trainer.ema.model if trainer.ema is not None else student
-        accuracy = evaluate(evaluated, val_set, config, processes)
+        accuracy = evaluate(evaluated, val_set, config, processes, log)
         record(history, {"stage": "ema" if trainer.ema else "epoch", "epoch": epoch + 1, **accuracy, **stats},
                processes, log)
         save_checkpoint(trainer, out, epoch + 1, history, fingerprint)
