@@ -11,13 +11,16 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from rmeeto_export.errors import UserError
 from rmeeto_export.pipelines.folder import MANIFEST, STAGING_PREFIX, Digests
 from rmeeto_export.pipelines.settings import BuildSettings, CalibrationSettings, EngineSettings
+
+if TYPE_CHECKING:
+    from rmeeto_export.data import ImageFolderSplits
 
 SAMPLED_IMAGES = 32  # decoded per image folder (per split of an ImageFolder tree)
 _SAMPLE_SEED = 0
@@ -89,18 +92,21 @@ def check_model(settings: BuildSettings, num_classes: Optional[int]) -> None:
 
 
 def check_training_data(settings: BuildSettings) -> tuple[int, list[str]]:
-    """The re-training ImageFolder: both splits, enough images for a batch, a sample of them decodes.
+    """The re-training ImageFolder (see check_training_folder): its class count and what was decoded."""
+    splits, decoded = check_training_folder(settings.retrain.data, settings.retrain.batch_size, world_size=1)
+    return splits.num_classes, decoded
 
-    Returns its class count and what was decoded.
-    """
+
+def check_training_folder(data: str, batch_size: int, world_size: int) -> tuple["ImageFolderSplits", list[str]]:
+    """Both splits, enough images for one global batch, and a sample of each split decodes."""
     from rmeeto_export.data import scan_image_folder
     from rmeeto_export.data.loader import check_enough_images
 
-    splits = scan_image_folder(settings.retrain.data)
-    check_enough_images(len(splits.train), settings.retrain.batch_size, 1)
+    splits = scan_image_folder(data)
+    check_enough_images(len(splits.train), batch_size, world_size)
     decoded = [check_decodable([path for path, _ in samples], f"{split} image")
                for split, samples in (("train", splits.train), ("val", splits.val))]
-    return splits.num_classes, decoded
+    return splits, decoded
 
 
 def check_calibration_images(calibration: CalibrationSettings, batch: int) -> str:

@@ -42,20 +42,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmeeto_export.data import (
-    ImageFolderSplits,
-    ImageSamples,
-    eval_batches,
-    make_loader,
-    mix_batch,
-    scan_image_folder,
-    train_batches,
-)
-from rmeeto_export.data.loader import Batch, check_enough_images, steps_per_epoch
+from rmeeto_export.data import ImageSamples, eval_batches, make_loader, mix_batch, train_batches
+from rmeeto_export.data.loader import Batch, steps_per_epoch
 from rmeeto_export.errors import UserError, first_line
 from rmeeto_export.files import atomic_open, write_json_atomic
 from rmeeto_export.models import Vim, create_model
 from rmeeto_export.models.weights import check_state_dict, read_state_dict
+from rmeeto_export.pipelines.checks import check_training_folder
 from rmeeto_export.pipelines.settings import ModelSettings, RetrainSettings, check_teacher, from_options
 from rmeeto_export.pipelines.settings import options as settings_options
 from rmeeto_export.progress import progress
@@ -442,7 +435,8 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
     processes = start_processes(config.training.device)
     if config.training.amp != "none" and processes.device.type != "cuda":
         raise UserError("--amp bf16/fp16 needs a CUDA GPU; on CPU train in fp32 (--amp none)")
-    splits: ImageFolderSplits = scan_image_folder(config.training.data)
+    # Before any model is built or file written: both splits, a global batch of images, a sample decodes.
+    splits, _ = check_training_folder(config.training.data, config.training.batch_size, processes.world_size)
     state = read_teacher_state(config.model.weights, splits.num_classes, config.model.ema_weights) if config.model.weights else None
     torch.manual_seed(config.model.seed)  # the initialisation of a run without --weights is reproducible too
     student, unmerged = build_models(config, splits.num_classes, state)
@@ -461,7 +455,6 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
     size = student.cfg.img_size
     train_set = ImageSamples(splits.train, size, config.training.augment, config.model.seed)
     val_set = ImageSamples(splits.val, size, None, config.model.seed)
-    check_enough_images(len(train_set), config.training.batch_size, processes.world_size)  # before any evaluation
     teacher = unmerged if config.training.distill_weight > 0 else None
     trainer = make_trainer(config, processes, student, teacher, splits.num_classes, len(train_set), log)
     if processes.is_main:

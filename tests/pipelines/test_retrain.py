@@ -121,7 +121,7 @@ def cli():
 
 
 def run_cli(cli, *args: str):
-    return CliRunner().invoke(cli, ["retrain", "--device", "cpu", "--workers", "0", *args])
+    return CliRunner().invoke(cli, ["retrain", "--device", "cpu", "--workers", "0", "--batch-size", "2", *args])
 
 
 def assert_one_line_error(result, expected: str) -> None:
@@ -142,7 +142,7 @@ BREAKAGES = {  # id: (what to break in a valid dataset root, expected message)
     "class-mismatch": (lambda root: rename(root / "val" / "class2", "other"), "different classes"),
     "empty-class": (lambda root: (root / "train" / "extra").mkdir(), "has no images"),
     "unreadable-image": (lambda root: (root / "val" / "class1" / "0.png").write_bytes(b"\x89PNG broken"),
-                         "unreadable image"),
+                         "unreadable val image"),
 }
 
 
@@ -153,6 +153,7 @@ def test_bad_dataset_folders_give_one_line_errors(cli, weights, tmp_path, breaka
     result = run_cli(cli, "--model", "vim_t", "--r", "1", "--data", str(root), "--weights", str(weights),
                      "--batch-size", "2", "--out", str(tmp_path / "out"), *TINY_FLAGS)
     assert_one_line_error(result, expected)
+    assert not (tmp_path / "out").exists()  # checked before anything is written
 
 
 def test_weights_with_another_class_count_give_one_line_error(cli, dataset, tmp_path):
