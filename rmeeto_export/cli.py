@@ -127,10 +127,12 @@ def _register_subcommands() -> None:
     from rmeeto_export.calibration.cli import calibrate_command
     from rmeeto_export.pipelines.retrain import retrain_command
     from rmeeto_export.serving.cli import package_command
+    from rmeeto_export.trt.plugins_cli import plugins_group
 
     main.add_command(retrain_command)
     main.add_command(calibrate_command)
     main.add_command(package_command)
+    main.add_command(plugins_group)
 
 
 _register_subcommands()

@@ -211,6 +211,7 @@ def parity_stage(settings: BuildSettings) -> Stage:
     def run(context: StageContext) -> StageResult:
         from rmeeto_export.calibration.parity import Int8Tolerance, compare_int8_logits
         from rmeeto_export.export.parity import compare_logits, run_onnx, torch_logits
+        from rmeeto_export.export.polygraphy_check import save_parity_data
 
         model = context.model
         # Random weights decide nothing: their logits lie within a few % of each other, so INT8 rounding
@@ -223,6 +224,9 @@ def parity_stage(settings: BuildSettings) -> Stage:
             inputs["int8"] = int8_parity_inputs(model, settings)
         expected = {precision: torch_logits(model, images) for precision, images in inputs.items()}
         sizes = parity_batch_sizes(settings.export.batch_range, PARITY_BATCH_CAP)
+        reference = exported_precision(settings.export.precision)  # Polygraphy re-checks the fp32/fp16 graphs
+        save_parity_data(context.output(files.PARITY_INPUTS).parent, inputs[reference].numpy(), expected[reference],
+                         sizes[0])
         results = {}
         runs = [(name, precision, size) for name, precision in graphs.items() for size in sizes]
         for name, precision, size in progress(runs, "graph runs", log=context.log):
@@ -255,7 +259,8 @@ def parity_stage(settings: BuildSettings) -> Stage:
 
     groups = (*model_groups(settings), "export", "parity", *(("calibration",) if settings.export.int8 else ()))
     return Stage("parity", "check ONNX Runtime against PyTorch", run, groups=groups,
-                 inputs=(*model_inputs(settings), *parity_graphs(settings)), outputs=(files.PARITY,), uses=("model",),
+                 inputs=(*model_inputs(settings), *parity_graphs(settings)),
+                 outputs=(files.PARITY, files.PARITY_INPUTS, files.PARITY_OUTPUTS), uses=("model",),
                  external=external)
 
 
@@ -300,6 +305,7 @@ def engine_stage(settings: BuildSettings) -> Stage:
     def run(context: StageContext) -> StageResult:
         from rmeeto_export.trt import build_engine
         from rmeeto_export.trt.backend import BackendNotInstalled, load_backend
+        from rmeeto_export.trt.plugins import copy_plugin_library
 
         try:
             load_backend(engine.trt)
@@ -313,8 +319,11 @@ def engine_stage(settings: BuildSettings) -> Stage:
                               timing_cache=context.staging.path_from_previous(files.TIMING_CACHE))
         if record.plugins is None:
             plugins = "no plugins (portable graph)"
+        elif record.plugins.is_python:
+            plugins = "Python plugins"
         else:
-            plugins = "Python plugins" if record.plugins.is_python else f"plugin library {record.plugins.library}"
+            copy_plugin_library(record.plugins, context.output(files.PLUGIN_LIBRARY).parent)
+            plugins = f"plugin library {record.plugins.library}"
         return StageResult(
             note=f"{record.trt_flavour} {record.trt_version} for {record.target}, {plugins}, "
                  f"{record.engine_bytes / 1e6:.1f} MB in {record.build_seconds:.1f} s",
@@ -327,10 +336,11 @@ def engine_stage(settings: BuildSettings) -> Stage:
 
         installed = versions()
         return {"tensorrt": installed["tensorrt"], "tensorrt-rtx": installed["tensorrt-rtx"],
-                "plugin library": plugin_library_digest(engine.plugins, folder.digests)}
+                "plugin library": plugin_library_digest(engine, folder.digests)}
 
     return Stage("engine", "build the TensorRT engine", run, groups=("export", "engine"), inputs=(onnx_name,),
-                 outputs=(files.ENGINE, files.ENGINE_RECORD, files.TIMING_CACHE), external=external)
+                 outputs=(files.ENGINE, files.ENGINE_RECORD, files.TIMING_CACHE, files.PLUGIN_LIBRARY, files.KERNELS_LIBRARY),
+                 external=external)
 
 
 def build_stages(settings: BuildSettings) -> list[Stage]:

@@ -151,18 +151,27 @@ def check_engine(engine: EngineSettings, precision: str) -> None:
         rtx_compute_capability_enum(backend.trt, cc)
     check_precision_supported(precision, cc)
     if engine.plugins == "on":
-        check_library_matches_backend(require_plugin_library(), backend)
+        library = require_plugin_library(backend, cc)
+        if library is not None:
+            check_library_matches_backend(library, backend)
     elif engine.plugins == "auto":
         find_plugin_library()  # a RMEETO_TRT_PLUGINS that names no file is an error even here
 
 
-def plugin_library_digest(plugins: str, digests: Digests) -> Optional[str]:
+def plugin_library_digest(engine: EngineSettings, digests: Digests) -> Optional[str]:
     """sha256 of the plugin library an engine build would load (None for the Python plugins or none)."""
-    if plugins not in ("auto", "on"):
+    if engine.plugins not in ("auto", "on"):
         return None
+    from rmeeto_export.trt.backend import load_backend
+    from rmeeto_export.trt.builder import resolve_target
     from rmeeto_export.trt.plugins import find_plugin_library
 
-    library = find_plugin_library()
+    try:
+        backend = load_backend(engine.trt)
+        target, _ = resolve_target(backend, engine.target_cc)
+    except UserError:  # no TensorRT, or no GPU for full TensorRT: the engine stage says so itself
+        return None
+    library = find_plugin_library(backend, target)
     return digests.of(library) if library is not None else None
 
 

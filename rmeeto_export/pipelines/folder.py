@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.export.polygraphy_check import INPUTS as PARITY_INPUTS
+from rmeeto_export.export.polygraphy_check import OUTPUTS as PARITY_OUTPUTS
 from rmeeto_export.files import file_sha256, write_json_atomic
 from rmeeto_export.pipelines.settings import BuildSettings
+from rmeeto_export.trt.plugin_build import KERNELS_LIBRARY, PLUGIN_LIBRARY  # the engine's, copied beside it
 
 MANIFEST = "manifest.json"
 REPORT = "report.md"
@@ -50,8 +53,9 @@ FIGURES = {  # file: caption in report.md
     GFLOPS_FIGURE: "GFLOPs per block, plain and merged",
     PARITY_FIGURE: "Parity error of every input image, per graph",
 }
-ARTIFACTS = (SCHEDULE, ONNX, PORTABLE_ONNX, CALIBRATION, INT8_ONNX, PORTABLE_INT8_ONNX, PARITY, ENGINE,
-             ENGINE_RECORD, TIMING_CACHE, RETRAINED_WEIGHTS, RETRAIN_METRICS, RETRAIN_CHECKPOINT, *FIGURES)
+ARTIFACTS = (SCHEDULE, ONNX, PORTABLE_ONNX, CALIBRATION, INT8_ONNX, PORTABLE_INT8_ONNX, PARITY, PARITY_INPUTS,
+             PARITY_OUTPUTS, ENGINE, ENGINE_RECORD, TIMING_CACHE, PLUGIN_LIBRARY, KERNELS_LIBRARY, RETRAINED_WEIGHTS,
+             RETRAIN_METRICS, RETRAIN_CHECKPOINT, *FIGURES)
 INT8_TWINS = {ONNX: INT8_ONNX, PORTABLE_ONNX: PORTABLE_INT8_ONNX}
 MANIFEST_VERSION = 2
 STAGING_PREFIX = ".staging-"

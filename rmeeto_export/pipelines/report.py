@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ def report_text(folder: "BuildFolder") -> str:
     lines += _figure_lines(folder)
     lines += ["", "| artifact | bytes | sha256 |", "| --- | --- | --- |"]
     lines += [f"| {name} | {a['bytes']} | `{a['sha256'][:16]}` |" for name, a in data["artifacts"].items()]
+    lines += target_commands_section(folder)
     return "\n".join(lines) + "\n"
 
 
@@ -43,3 +45,31 @@ def _figure_lines(folder: "BuildFolder") -> list[str]:
     if stage.get("status") == "skipped":
         lines.append(f"Figures: {stage.get('note', 'skipped')}")
     return ["", "## Figures", "", *lines] if lines else []
+
+
+def target_commands_section(folder: "BuildFolder") -> list[str]:
+    """The Polygraphy / trtexec commands that repeat the parity check and run the engine, in this folder."""
+    from rmeeto_export.export.parity import TOLERANCES
+    from rmeeto_export.export.polygraphy_check import OUTPUTS, logit_scale, target_commands
+    from rmeeto_export.pipelines.folder import ONNX
+    from rmeeto_export.trt.plugins import PYTHON_PLUGINS
+
+    precision, engine = folder.settings.export.precision, folder.manifest.get("engine")
+    if not folder.path(OUTPUTS).is_file() or precision not in TOLERANCES:
+        return []
+    library = engine["plugins"]["library"] if engine and engine["plugins"] else None
+    python_plugins = library == PYTHON_PLUGINS
+    commands = target_commands(
+        onnx_name=ONNX, engine_name=engine["file"] if engine and not python_plugins else None,
+        flavour=engine["trt_flavour"] if engine else None,
+        plugin_library=Path(library).name if library and not python_plugins else None,
+        precision=precision, scale=logit_scale(folder.root))
+    lines = ["", "## Check and run on the target", "",
+             "Run these in this folder (copy it to the target as it is); the tolerances are this build's parity "
+             "tolerances, against the PyTorch logits in parity_outputs.json.", ""]
+    if python_plugins:
+        lines += ["The engine was built with the Python plugins, which only this package loads: for an engine that "
+                  "trtexec, Polygraphy and Triton run, build the C++ library (`rmeeto-export plugins build`) and rebuild.", ""]
+    for what, command in commands:
+        lines += [f"{what}:", "", "```", command, "```", ""]
+    return lines

@@ -60,7 +60,7 @@ def build_engine(
     model = load_onnx(onnx_path)
     cc, gpu_name = resolve_target(trt_backend, target_cc)
     check_precision_supported(precision, cc)
-    plugin_source = load_plugins(trt_backend, plugins) if custom_nodes(model) else None
+    plugin_source = load_plugins(trt_backend, plugins, target=cc) if custom_nodes(model) else None
     bodiless = custom_nodes_without_function(model)
     if plugin_source is None and bodiless:
         raise UserError(

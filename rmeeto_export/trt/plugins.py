@@ -4,32 +4,31 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import struct
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from rmeeto_export.contracts import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from rmeeto_export.errors import UserError
-from rmeeto_export.files import file_sha256
+from rmeeto_export.files import atomic_open, file_sha256
 from rmeeto_export.libraries import library_candidates
 from rmeeto_export.trt.backend import Backend
+from rmeeto_export.trt.plugin_build import (
+    KERNELS_LIBRARY,
+    LIBRARY_PATTERNS,
+    PLUGIN_LIBRARY,
+    build_plugins,
+    find_cached_library,
+    inspect_toolchain,
+)
 from rmeeto_export.trt.python_plugins import python_plugin_creators
+from rmeeto_export.trt.targets import ComputeCapability, sm_name
 
 PLUGIN_MODES = ("auto", "on", "python", "off")
 PLUGIN_LIBRARY_ENV = "RMEETO_TRT_PLUGINS"
 PYTHON_PLUGINS = "python-plugins"
-PLUGIN_LIBRARY_NAME = "librmeeto_trt_plugins.so"
-_BUILD_HINT = (
-    "build it with: cmake -S plugins_trt -B build/plugins_trt -DTENSORRT_ROOT=<TensorRT prefix> && "
-    f"cmake --build build/plugins_trt, or point {PLUGIN_LIBRARY_ENV} at it"
-)
-# DT_NEEDED entry of the TensorRT core library a plugin library was linked against.
-_TRT_LIBRARY_PATTERNS = {
-    "tensorrt": re.compile(r"^libnvinfer\.so\.(\d+)$"),
-    "tensorrt-rtx": re.compile(r"^libtensorrt_rtx\.so\.(\d+)$"),
-}
+_BUILD_HINT = f"build it with `rmeeto-export plugins build` (`plugins info` says what it needs) or point {PLUGIN_LIBRARY_ENV} at it"
 
 _log = logging.getLogger(__name__)
 _loaded_libraries: set[str] = set()  # TensorRT registers a library's creators once per process
@@ -58,47 +57,65 @@ class PluginSource:
         return cls(data["library"], data["sha256"])
 
 
-def find_plugin_library() -> Optional[Path]:
-    """$RMEETO_TRT_PLUGINS, else build/plugins_trt/librmeeto_trt_plugins.so here or in the source tree."""
+def find_plugin_library(backend: Optional[Backend] = None, target: Optional[ComputeCapability] = None) -> Optional[Path]:
+    """$RMEETO_TRT_PLUGINS, else build/plugins_trt/ here or in the source tree, else the per-user
+    cache's build for ``backend``'s TensorRT and the ``target`` GPU (`rmeeto-export plugins build`)."""
     configured = os.environ.get(PLUGIN_LIBRARY_ENV)
     if configured and not Path(configured).is_file():
         raise UserError(f"{PLUGIN_LIBRARY_ENV}={configured} is not a file; {_BUILD_HINT}")
-    return next((path.resolve() for path in library_candidates(PLUGIN_LIBRARY_NAME, PLUGIN_LIBRARY_ENV) if path.is_file()), None)
+    found = next((path.resolve() for path in library_candidates(PLUGIN_LIBRARY, PLUGIN_LIBRARY_ENV) if path.is_file()), None)
+    if found is not None or backend is None:
+        return found
+    return find_cached_library(backend.flavour, backend.version, target)
 
 
-def require_plugin_library() -> Path:
-    """The C++ plugin library (--plugins on); UserError with the way to build it when there is none."""
-    library = find_plugin_library()
+def build_plugin_library(backend: Backend, target: Optional[ComputeCapability], mode: str) -> Optional[Path]:
+    """Compiles the library into the cache when this machine can (nvcc, CMake, headers); else None
+    ("auto", with a warning naming what is missing) or a UserError ("on")."""
+    toolchain = inspect_toolchain(backend.flavour, archs=(target,) if target else ())
+    try:
+        return build_plugins(toolchain, log=_log.warning).library
+    except UserError as err:
+        if mode == "on":
+            raise
+        _log.warning("no C++ plugin library for %s %s (%s): using the Python plugins, which the engine needs at "
+                     "run time", backend.flavour, backend.version, err)
+        return None
+
+
+def require_plugin_library(backend: Backend, target: Optional[ComputeCapability]) -> Optional[Path]:
+    """--plugins on, before any slow stage: the library for this TensorRT and target, or None when there
+    is none yet but this machine can compile one; UserError naming what is missing otherwise."""
+    library = find_plugin_library(backend, target)
     if library is None:
-        raise UserError(f"plugins=on but the C++ plugin library {PLUGIN_LIBRARY_NAME} was not found; {_BUILD_HINT}")
+        toolchain = inspect_toolchain(backend.flavour, archs=(target,) if target else ())
+        if not toolchain.ready:
+            missing = "; ".join(f"{what} (fix: {fix})" for what, fix in toolchain.problems)
+            raise UserError(f"--plugins on: no C++ plugin library for {backend.flavour} {backend.version} "
+                            f"{sm_name(target) if target else ''} and none can be built here, missing: {missing}")
     return library
 
 
 def elf_needed_libraries(path: Path) -> list[str]:
-    """DT_NEEDED names of a 64-bit ELF shared library ([] for anything else)."""
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2:  # ELFCLASS64 only: x86-64 and aarch64
+    """DT_NEEDED names of an ELF shared library ([] for anything else), read with pyelftools.
+
+    From the dynamic segment, which the loader itself reads, so stripped section headers do not matter.
+    """
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with open(path, "rb") as stream:
+            return [tag.needed for segment in ELFFile(stream).iter_segments("PT_DYNAMIC")
+                    for tag in segment.iter_tags("DT_NEEDED")]
+    except ELFError:
         return []
-    order = "<" if data[5] == 1 else ">"
-    section_offset, = struct.unpack_from(order + "Q", data, 0x28)
-    entry_size, count = struct.unpack_from(order + "HH", data, 0x3A)
-    sections = [struct.unpack_from(order + "IIQQQQIIQQ", data, section_offset + i * entry_size) for i in range(count)]
-    needed = []
-    for _, kind, _, _, offset, size, link, _, _, _ in sections:
-        if kind != 6:  # SHT_DYNAMIC; its sh_link is the string table with the names
-            continue
-        strings_offset = sections[link][4]
-        for tag, value in struct.iter_unpack(order + "qQ", data[offset:offset + size]):
-            if tag == 1:  # DT_NEEDED
-                end = data.index(b"\0", strings_offset + value)
-                needed.append(data[strings_offset + value:end].decode())
-    return needed
 
 
 def linked_tensorrt(path: Path) -> Optional[tuple[str, int]]:
     """(flavour, major version) of the TensorRT a plugin library links, None when it links none."""
     for name in elf_needed_libraries(path):
-        for flavour, pattern in _TRT_LIBRARY_PATTERNS.items():
+        for flavour, pattern in LIBRARY_PATTERNS.items():
             match = pattern.match(name)
             if match:
                 return flavour, int(match.group(1))
@@ -115,17 +132,20 @@ def check_library_matches_backend(path: Path, backend: Backend) -> None:
         )
 
 
-def load_plugins(backend: Backend, mode: str) -> Optional[PluginSource]:
-    """Registers our plugins for ``mode`` (see PLUGIN_MODES); None for "off".
+def load_plugins(backend: Backend, mode: str, target: Optional[ComputeCapability] = None) -> Optional[PluginSource]:
+    """Registers our plugins for ``mode`` (see PLUGIN_MODES) and a ``target`` GPU; None for "off".
 
     "on" requires the C++ library; "python" uses the Python plugins; "auto" takes the library when
-    one for this TensorRT is found and the Python plugins otherwise.
+    one for this TensorRT is found and the Python plugins otherwise. Both compile the library into
+    the per-user cache first when none is found and this machine has what a build needs.
     """
     if mode not in PLUGIN_MODES:
         raise UserError(f"unknown plugin mode {mode!r}; choose one of {', '.join(PLUGIN_MODES)}")
     if mode == "off":
         return None
-    library = {"on": require_plugin_library, "auto": find_plugin_library}.get(mode, lambda: None)()
+    library = None
+    if mode in ("auto", "on"):
+        library = find_plugin_library(backend, target) or build_plugin_library(backend, target, mode)
     if library is not None:
         try:
             return load_plugin_library(backend, library)
@@ -147,6 +167,17 @@ def load_plugin_library(backend: Backend, path: Path) -> PluginSource:
             raise UserError(f"TensorRT could not load the plugin library {path}: {' '.join(backend.logger.take_errors())}")
         _loaded_libraries.add(str(path))
     return PluginSource(str(path), file_sha256(path))
+
+
+def copy_plugin_library(source: PluginSource, folder: Path) -> list[str]:
+    """Puts the C++ library an engine was built with into ``folder``, with the kernels library it
+    loads from beside itself (RPATH $ORIGIN), so the folder deploys as it is; returns the names."""
+    library = Path(source.library)
+    names = [library.name, KERNELS_LIBRARY]
+    for name in names:
+        with open(library.parent / name, "rb") as original, atomic_open(folder / name) as copy:
+            shutil.copyfileobj(original, copy)
+    return names
 
 
 def register_python_plugins(backend: Backend) -> None:

@@ -46,10 +46,13 @@ def rtx():
 
 @pytest.fixture
 def no_plugin_library(monkeypatch, tmp_path):
-    """No $RMEETO_TRT_PLUGINS and no build/ folder, wherever the tests run."""
+    """No $RMEETO_TRT_PLUGINS, no build/ folder, an empty per-user cache and no CUDA compiler to fill it."""
     from rmeeto_export import libraries
+    from rmeeto_export.trt import plugin_build
     from rmeeto_export.trt.plugins import PLUGIN_LIBRARY_ENV
 
     monkeypatch.delenv(PLUGIN_LIBRARY_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(libraries, "SOURCE_ROOT", tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(plugin_build, "find_nvcc", lambda: None)

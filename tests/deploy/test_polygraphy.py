@@ -1,0 +1,72 @@
+"""Polygraphy, run for real: our ONNX graphs in ONNX Runtime against the PyTorch outputs `verify` saves,
+and TensorRT-RTX engines built by `polygraphy convert` with our C++ plugin library."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from rmeeto_export.export.polygraphy_check import INPUTS, OUTPUTS, check_command, logit_scale
+from rmeeto_export.pipelines.build import BuildConfig, build
+from rmeeto_export.trt.graph import for_plugins
+
+from .conftest import run
+
+TINY = dict(embed_dim=32, depth=4, img_size=32, patch_size=8, num_classes=10)
+GRAPHS = ("model.onnx", "model.portable.onnx")
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("polygraphy") / "out"
+    build(BuildConfig(model="vim_t", r=2, overrides=TINY, parity_samples=4, trt="auto", plugins="off"), out, log=lambda _: None)
+    return out
+
+
+def polygraphy(*args, env=None, cwd):
+    """The polygraphy command of this environment (dev extra), as a user runs it."""
+    return run([Path(sys.executable).parent / "polygraphy", *args], env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_onnx_runtime_matches_the_saved_pytorch_outputs(tiny_build, graph):
+    command = check_command(graph, "fp32", logit_scale(tiny_build))
+    result = polygraphy(*command[1:], cwd=tiny_build)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Passed: 4/4 iterations" in result.stdout + result.stderr
+
+
+def test_outputs_off_by_more_than_the_tolerance_fail(tiny_build, tmp_path):
+    from polygraphy.comparator import RunResults
+
+    for name in ("model.onnx", INPUTS):
+        shutil.copy(tiny_build / name, tmp_path / name)
+    scale = logit_scale(tiny_build)
+    results = RunResults.load(str(tiny_build / OUTPUTS))
+    logits = results["pytorch"][1]["logits"]
+    logits[0, 3] += np.float32(3e-5 * scale)  # fp32 allows 1e-5 of the logit scale
+    results.save(str(tmp_path / OUTPUTS))
+    result = polygraphy(*check_command("model.onnx", "fp32", scale)[1:], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Passed: 3/4 iterations" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.trt
+def test_polygraphy_convert_builds_tensorrt_rtx_engines_with_our_library(wheel_build, wheel_env, tmp_path):
+    env = {**wheel_env, "POLYGRAPHY_USE_TENSORRT_RTX": "1"}
+    library = str(wheel_build / "librmeeto_trt_plugins.so")
+    converted = polygraphy("convert", wheel_build / "model.onnx", "--plugins", library, "-o", tmp_path / "model.engine",
+                           env=env, cwd=tmp_path)
+    assert converted.returncode == 0, converted.stdout[-3000:] + converted.stderr[-3000:]
+    assert (tmp_path / "model.engine").stat().st_size > 0
+    # Without function bodies the custom nodes parse only as plugins: the library is what makes it build.
+    onnx.save(for_plugins(onnx.load(wheel_build / "model.onnx")), tmp_path / "plugins_only.onnx")
+    without = polygraphy("convert", tmp_path / "plugins_only.onnx", "-o", tmp_path / "none.engine", env=env, cwd=tmp_path)
+    assert without.returncode != 0 and "Plugin not found" in without.stdout + without.stderr
+    with_library = polygraphy("convert", tmp_path / "plugins_only.onnx", "--plugins", library,
+                              "-o", tmp_path / "plugins_only.engine", env=env, cwd=tmp_path)
+    assert with_library.returncode == 0, with_library.stdout[-3000:] + with_library.stderr[-3000:]
