@@ -10,19 +10,23 @@ import onnx
 import pytest
 
 from rmeeto_export.export.polygraphy_check import INPUTS, OUTPUTS, check_command, logit_scale
-from rmeeto_export.pipelines.build import BuildConfig, build
+from rmeeto_export.pipelines.build import build
+from rmeeto_export.pipelines.settings import BuildSettings, EngineSettings, ModelSettings, ParitySettings
 from rmeeto_export.trt.graph import for_plugins
+
+from tests.support.models import TINY_MERGE_R, TINY_VIM
 
 from .conftest import run
 
-TINY = dict(embed_dim=32, depth=4, img_size=32, patch_size=8, num_classes=10)
 GRAPHS = ("model.onnx", "model.portable.onnx")
 
 
 @pytest.fixture(scope="module")
 def tiny_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("polygraphy") / "out"
-    build(BuildConfig(model="vim_t", r=2, overrides=TINY, parity_samples=4, trt="auto", plugins="off"), out, log=lambda _: None)
+    settings = BuildSettings(model=ModelSettings(name="vim_t", r=TINY_MERGE_R, overrides=TINY_VIM), parity=ParitySettings(samples=4),
+                             engine=EngineSettings(plugins="off"))
+    build(settings, out, log=lambda _: None)
     return out
 
 

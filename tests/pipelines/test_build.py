@@ -32,7 +32,8 @@ def built(tmp_path_factory):
 def test_build_writes_every_artifact_with_its_digest(built):
     out, manifest, lines = built
     engine = {"model.engine", "model.engine.json"} if HAS_TRT else set()
-    assert set(manifest["artifacts"]) == {"schedule.json", "model.onnx", "model.portable.onnx", "parity.json"} | engine | set(FIGURES)
+    parity = {"parity.json", "parity_inputs.json", "parity_outputs.json"}
+    assert set(manifest["artifacts"]) == {"schedule.json", "model.onnx", "model.portable.onnx"} | parity | engine | set(FIGURES)
     for name, artifact in manifest["artifacts"].items():
         assert file_sha256(out / name) == artifact["sha256"]
     assert (out / "report.md").is_file() and (out / "manifest.json").is_file()
