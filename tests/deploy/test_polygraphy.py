@@ -60,15 +60,15 @@ def test_outputs_off_by_more_than_the_tolerance_fail(tiny_build, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.trt
-def test_polygraphy_convert_builds_tensorrt_rtx_engines_with_our_library(wheel_build, wheel_env, tmp_path):
+def test_polygraphy_convert_builds_tensorrt_rtx_engines_with_our_library(tiny_build, plugins_built, wheel_env, tmp_path):
     env = {**wheel_env, "POLYGRAPHY_USE_TENSORRT_RTX": "1"}
-    library = str(wheel_build / "librmeeto_trt_plugins.so")
-    converted = polygraphy("convert", wheel_build / "model.onnx", "--plugins", library, "-o", tmp_path / "model.engine",
+    library = plugins_built.stdout.strip().splitlines()[-1]  # what `rmeeto-export plugins build` compiled
+    converted = polygraphy("convert", tiny_build / "model.onnx", "--plugins", library, "-o", tmp_path / "model.engine",
                            env=env, cwd=tmp_path)
     assert converted.returncode == 0, converted.stdout[-3000:] + converted.stderr[-3000:]
     assert (tmp_path / "model.engine").stat().st_size > 0
     # Without function bodies the custom nodes parse only as plugins: the library is what makes it build.
-    onnx.save(for_plugins(onnx.load(wheel_build / "model.onnx")), tmp_path / "plugins_only.onnx")
+    onnx.save(for_plugins(onnx.load(tiny_build / "model.onnx")), tmp_path / "plugins_only.onnx")
     without = polygraphy("convert", tmp_path / "plugins_only.onnx", "-o", tmp_path / "none.engine", env=env, cwd=tmp_path)
     assert without.returncode != 0 and "Plugin not found" in without.stdout + without.stderr
     with_library = polygraphy("convert", tmp_path / "plugins_only.onnx", "--plugins", library,
