@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.kernels import LIBRARY_NAME as KERNELS_LIBRARY  # the plugin library loads it from beside itself
 from rmeeto_export.trt.targets import DEFAULT_RTX_TARGET, ComputeCapability, current_gpu, sm_name
 
 FLAVOURS = ("tensorrt", "tensorrt-rtx")
 PLUGIN_LIBRARY = "librmeeto_trt_plugins.so"
-KERNELS_LIBRARY = "librmeeto_kernels.so"
 BUILD_INFO = "build.json"
 MIN_CMAKE = (3, 25)  # plugins_trt/CMakeLists.txt's cmake_minimum_required
 # The TensorRT core library a plugin library links, per flavour (DT_NEEDED / file name).

@@ -131,7 +131,7 @@ def test_target_the_installed_builder_lacks_fails_before_any_stage(tmp_path):
 def test_plugins_on_without_the_library_fails_before_any_stage(tmp_path, no_plugin_library):
     result = CliRunner().invoke(main, ["build", *TINY_FLAGS, "--trt", "tensorrt-rtx", "--plugins", "on",
                                        "--out", str(tmp_path / "out")])
-    assert_one_line_error(result, "C++ plugin library librmeeto_trt_plugins.so was not found")
+    assert_one_line_error(result, "--plugins on: no C++ plugin library for tensorrt-rtx")
     assert not (tmp_path / "out").exists()
 
 
