@@ -33,6 +33,14 @@ import torch.nn.functional as F
 
 from rmeeto_export.errors import UserError
 from rmeeto_export.merge.schedule import merged_cls_index, sources_per_step
+from rmeeto_export.merge.tokens import (
+    flat_rows,
+    gather_tokens,
+    kept_positions_in_order,
+    top_r_mask,
+    with_token,
+    without_token,
+)
 
 MergeResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]
 
@@ -52,60 +60,11 @@ def _check_inputs(hidden: torch.Tensor, residual: torch.Tensor, size: torch.Tens
         raise UserError(f"r={r} is impossible for {num_tokens} tokens: one step can remove 0 to {max_r}")
 
 
-def _without_token(x: torch.Tensor, index: int) -> torch.Tensor:
-    return torch.cat([x[:, :index], x[:, index + 1 :]], dim=1)
-
-
-def _with_token(x: torch.Tensor, token: torch.Tensor, index: int) -> torch.Tensor:
-    return torch.cat([x[:, :index], token, x[:, index:]], dim=1)
-
-
-def _top_r_mask(score: torch.Tensor, r: int) -> torch.Tensor:
-    """(B, n) bool: the r entries ranked highest by (score descending, index ascending).
-
-    A pairwise rank instead of topk/argsort, whose order among equal scores is unspecified: an
-    entry's rank is the number of entries with a higher score plus the lower-indexed equal ones.
-    """
-    n = score.shape[-1]
-    lower_index = torch.ones(n, n, dtype=torch.bool, device=score.device).tril(diagonal=-1)
-    other, this = score[:, None, :], score[:, :, None]
-    ahead = (other > this) | ((other == this) & lower_index)
-    return ahead.sum(dim=-1) < r
-
-
-def _kept_positions_in_order(keep: torch.Tensor, num_kept: int) -> torch.Tensor:
-    """(B, num_kept) ascending positions where `keep` is True; num_kept must equal each row's count.
-
-    topk of unique integer keys (kept positions first, in order) replaces nonzero, whose output
-    size is data-dependent, and sort, which does not export.
-    """
-    n = keep.shape[-1]
-    positions = torch.arange(n, device=keep.device)
-    order_key = torch.where(keep, positions, positions + n)
-    return order_key.topk(num_kept, dim=-1, largest=False, sorted=True).indices
-
-
-def _flat_rows(positions: torch.Tensor, tokens_per_row: int) -> torch.Tensor:
-    """(B, k) per-sample token positions -> (B * k,) row indices into x.reshape(B * tokens_per_row, C).
-
-    Whole-row index_select / index_add on the flattened batch are several times faster on CPU than
-    gather / scatter_add with an index expanded over channels.
-    """
-    batch_offsets = torch.arange(positions.shape[0], device=positions.device)[:, None] * tokens_per_row
-    return (positions + batch_offsets).reshape(-1)
-
-
-def _gather_tokens(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    batch, num_tokens, channels = x.shape
-    rows = x.reshape(batch * num_tokens, channels).index_select(0, _flat_rows(positions, num_tokens))
-    return rows.reshape(batch, -1, channels)
-
-
 def _sum_tokens_into(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """out[b, target[b, i]] += x[b, i]: every token's row summed into its target position."""
     batch, num_tokens, channels = x.shape
     rows = x.reshape(batch * num_tokens, channels)
-    summed = torch.zeros_like(rows).index_add_(0, _flat_rows(target, num_tokens), rows)
+    summed = torch.zeros_like(rows).index_add_(0, flat_rows(target, num_tokens), rows)
     return summed.reshape(batch, num_tokens, channels)
 
 
@@ -119,7 +78,7 @@ def _merge_targets(hidden_free: torch.Tensor, r: int) -> tuple[torch.Tensor, tor
     scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)
     scores = scores.nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN: a total order
     best_score, best_destination = scores.max(dim=-1)  # max returns the first maximal index
-    merged = _top_r_mask(best_score, r)
+    merged = top_r_mask(best_score, r)
     batch, n = hidden_free.shape[:2]
     source_positions = torch.arange(0, n, 2, device=hidden_free.device)
     target = torch.arange(n, device=hidden_free.device).repeat(batch, 1)
@@ -134,7 +93,7 @@ def _to_full_sequence(free_positions: torch.Tensor, cls_index: int, cls_slot: in
     inserted at column cls_slot."""
     full_positions = free_positions + (free_positions >= cls_index).to(free_positions.dtype)
     cls_column = torch.full_like(full_positions[:, :1], cls_index)
-    return _with_token(full_positions, cls_column, cls_slot)
+    return with_token(full_positions, cls_column, cls_slot)
 
 
 def merge_tokens(
@@ -150,19 +109,19 @@ def merge_tokens(
         return hidden, residual, size, cls_index
     num_tokens, channels = hidden.shape[1:]
     new_cls = merged_cls_index(cls_index, num_tokens, r)
-    target_free, keep_free = _merge_targets(_without_token(hidden, cls_index), r)
+    target_free, keep_free = _merge_targets(without_token(hidden, cls_index), r)
     # Matching and survivor order are decided class-free, then mapped onto the full sequence: the
     # class token sums into itself and is read back at new_cls, so no feature tensor is re-cut.
     target = _to_full_sequence(target_free, cls_index, cls_index)
     output_positions = _to_full_sequence(
-        _kept_positions_in_order(keep_free, num_tokens - 1 - r), cls_index, new_cls
+        kept_positions_in_order(keep_free, num_tokens - 1 - r), cls_index, new_cls
     )
 
     # hidden, residual and a ones column side by side, weighted by the OLD sizes: one scatter merges
     # all three with the same matching, and the ones column becomes the new sizes.
     compute = torch.promote_types(hidden.dtype, residual.dtype)  # fp32, or fp64 for gradient checks
     features = torch.cat([hidden.to(compute), residual.to(compute), torch.ones_like(size, dtype=compute)], -1)
-    merged = _gather_tokens(_sum_tokens_into(features * size, target), output_positions)
+    merged = gather_tokens(_sum_tokens_into(features * size, target), output_positions)
     new_size = merged[..., 2 * channels :]
     new_hidden = (merged[..., :channels] / new_size).to(hidden.dtype)
     new_residual = (merged[..., channels : 2 * channels] / new_size).to(residual.dtype)
@@ -187,13 +146,13 @@ def prune_tokens(
     if r == 0:
         return hidden, residual, size, cls_index
     num_tokens = hidden.shape[1]
-    importance = _without_token(hidden, cls_index).float().norm(dim=-1)
-    keep = ~_top_r_mask(-importance.nan_to_num(nan=float("-inf")), r)  # NaN tokens are dropped first
-    kept = _kept_positions_in_order(keep, num_tokens - 1 - r)
+    importance = without_token(hidden, cls_index).float().norm(dim=-1)
+    keep = ~top_r_mask(-importance.nan_to_num(nan=float("-inf")), r)  # NaN tokens are dropped first
+    kept = kept_positions_in_order(keep, num_tokens - 1 - r)
     new_cls = merged_cls_index(cls_index, num_tokens, r)
 
     def pruned(x: torch.Tensor) -> torch.Tensor:
-        survivors = _gather_tokens(_without_token(x, cls_index), kept)
-        return _with_token(survivors, x[:, cls_index : cls_index + 1], new_cls)
+        survivors = gather_tokens(without_token(x, cls_index), kept)
+        return with_token(survivors, x[:, cls_index : cls_index + 1], new_cls)
 
     return pruned(hidden), pruned(residual), pruned(size), new_cls

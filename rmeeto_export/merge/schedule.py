@@ -154,6 +154,8 @@ class MergeSchedule:
     tokens_per_block: tuple[int, ...]
     cls_index_per_block: tuple[int, ...]
 
+    method = "merge"  # a class attribute, not a field: the JSON format stays as it is
+
     def __post_init__(self) -> None:
         _check_shape_arguments(self.depth, self.num_tokens, self.cls_index)
         _check_r(self.depth, self.num_tokens, self.r)

@@ -1,4 +1,4 @@
-"""Vision Mamba ("midclstok", bimamba v2) in pure PyTorch, with optional R-MeeTo merging.
+"""Vision Mamba ("midclstok", bimamba v2) in pure PyTorch, with optional R-MeeTo merging or token pruning.
 
 Module and parameter names follow the official checkpoints (docs/vim.md#checkpoint-keys) so that
 their state dicts load strictly; weight loading itself lives in weights.py. The backward
@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.merge.prune import (
+    PruneSchedule,
+    PruneSettings,
+    keep_important_tokens,
+    l2_importance,
+    prune_schedule,
+    ssm_importance,
+)
 from rmeeto_export.merge.schedule import MergeSchedule, check_one_way, schedule_from_r, schedule_from_ratio
 from rmeeto_export.models import ops
 
@@ -146,11 +154,15 @@ class BiMambaMixer(nn.Module):
             backend=cfg.scan_backend,
         )
 
-    def forward(self, hidden: Tensor) -> Tensor:
+    def scan_output(self, hidden: Tensor) -> Tensor:
+        """(b, l, d_inner): both directions' gated scan output, averaged; what out_proj reads."""
         xz = self.in_proj(hidden).transpose(1, 2)  # (b, 2 * d_inner, l)
         x, z = xz.chunk(2, dim=1)
         y = self._direction(x, z, reverse=False) + self._direction(x, z, reverse=True)
-        return self.out_proj(y.transpose(1, 2) / 2)
+        return y.transpose(1, 2) / 2
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.out_proj(self.scan_output(hidden))
 
 
 class Block(nn.Module):
@@ -162,13 +174,20 @@ class Block(nn.Module):
         self.mixer = BiMambaMixer(cfg)
         self.drop_path_rate = drop_path_rate
 
-    def forward(self, hidden: Tensor, residual: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    def _residual(self, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
         if residual is None:
-            residual = hidden.float()
-        else:
-            residual = residual + drop_path(hidden, self.drop_path_rate, self.training).float()
-        hidden = self.mixer(self.norm(residual))
-        return hidden, residual
+            return hidden.float()
+        return residual + drop_path(hidden, self.drop_path_rate, self.training).float()
+
+    def forward(self, hidden: Tensor, residual: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        residual = self._residual(hidden, residual)
+        return self.mixer(self.norm(residual)), residual
+
+    def forward_with_scan_output(self, hidden: Tensor, residual: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """forward, plus the mixer's scan output (b, l, d_inner), which token pruning scores."""
+        residual = self._residual(hidden, residual)
+        scan_output = self.mixer.scan_output(self.norm(residual))
+        return self.mixer.out_proj(scan_output), residual, scan_output
 
 
 class PatchEmbed(nn.Module):
@@ -180,10 +199,13 @@ class PatchEmbed(nn.Module):
         return self.proj(images).flatten(2).transpose(1, 2)
 
 
-class Vim(nn.Module):
-    """Vision Mamba classifier; with a MergeSchedule it merges tokens the R-MeeTo way."""
+Schedule = Union[MergeSchedule, PruneSchedule]
 
-    def __init__(self, cfg: VimConfig, schedule: Optional[MergeSchedule] = None) -> None:
+
+class Vim(nn.Module):
+    """Vision Mamba classifier; a MergeSchedule merges tokens the R-MeeTo way, a PruneSchedule prunes them."""
+
+    def __init__(self, cfg: VimConfig, schedule: Optional[Schedule] = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.schedule = schedule or schedule_from_r(cfg.depth, cfg.num_tokens, cfg.cls_index, 0)
@@ -202,6 +224,15 @@ class Vim(nn.Module):
         cls_at = self.cfg.cls_index
         x = torch.cat([x[:, :cls_at], self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x[:, cls_at:]], dim=1)
         hidden, residual = x + self.pos_embed.to(x.dtype), None
+        if isinstance(self.schedule, PruneSchedule):
+            hidden, residual = self._pruned_blocks(hidden, residual)
+        else:
+            hidden, residual = self._merged_blocks(hidden, residual)
+        residual = residual + drop_path(hidden, self.layers[-1].drop_path_rate, self.training).float()
+        final = self.norm_f(residual)
+        return final[:, self.schedule.cls_index_per_block[-1]]
+
+    def _merged_blocks(self, hidden: Tensor, residual: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         size = None
         schedule = self.schedule
         for index, layer in enumerate(self.layers):
@@ -212,20 +243,32 @@ class Vim(nn.Module):
                     hidden, residual, size, schedule.r, schedule.cls_index_per_block[index - 1]
                 )
             hidden, residual = layer(hidden, residual)
-        residual = residual + drop_path(hidden, self.layers[-1].drop_path_rate, self.training).float()
-        final = self.norm_f(residual)
-        return final[:, schedule.cls_index_per_block[-1]]
+        return hidden, residual
+
+    def _pruned_blocks(self, hidden: Tensor, residual: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """The blocks, pruning hidden and residual after every block count in prune_after."""
+        schedule = self.schedule
+        for index, layer in enumerate(self.layers):
+            if index + 1 not in schedule.prune_after:
+                hidden, residual = layer(hidden, residual)
+                continue
+            hidden, residual, scan_output = layer.forward_with_scan_output(hidden, residual)
+            importance = ssm_importance(scan_output) if schedule.importance == "ssm" else l2_importance(hidden)
+            hidden, residual, _ = keep_important_tokens(
+                hidden, residual, importance, schedule.tokens_per_block[index + 1], schedule.cls_index_per_block[index]
+            )
+        return hidden, residual
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.forward_features(images))
 
 
-def check_schedule_fits(schedule: MergeSchedule, cfg: VimConfig) -> None:
+def check_schedule_fits(schedule: Schedule, cfg: VimConfig) -> None:
     expected = (cfg.depth, cfg.num_tokens, cfg.cls_index)
     found = (schedule.depth, schedule.num_tokens, schedule.cls_index)
     if found != expected:
         raise UserError(
-            f"merge schedule is for depth/tokens/class index {found}, but the model has {expected}"
+            f"{schedule.method} schedule is for depth/tokens/class index {found}, but the model has {expected}"
         )
 
 
@@ -271,12 +314,16 @@ def create_model(
     *,
     merge_ratio: Optional[float] = None,
     merge_r: Optional[int] = None,
-    schedule: Optional[MergeSchedule] = None,
+    prune: Optional[PruneSettings] = None,
+    schedule: Optional[Schedule] = None,
     **overrides,
 ) -> Vim:
-    """Build a registered variant; ``merge_ratio``, ``merge_r`` or ``schedule`` turn on merging."""
+    """Build a registered variant; ``merge_ratio`` or ``merge_r`` turn on merging, ``prune`` token pruning
+    (``PruneSettings()``: the released schedule), ``schedule`` takes a frozen schedule of either kind."""
     cfg = resolve_config(name, **overrides)
-    check_one_way({"merge_ratio": merge_ratio, "merge_r": merge_r, "schedule": schedule})
+    check_one_way({"merge_ratio": merge_ratio, "merge_r": merge_r, "prune": prune, "schedule": schedule})
+    if prune is not None:
+        schedule = prune_schedule(cfg.depth, cfg.num_tokens, cfg.cls_index, prune)
     if merge_ratio is not None:
         schedule = schedule_from_ratio(cfg.depth, cfg.num_tokens, cfg.cls_index, merge_ratio)
     elif merge_r is not None:
