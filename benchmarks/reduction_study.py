@@ -34,30 +34,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package: reuse the demo's training setup
 import recovery_demo as demo  # noqa: E402
 
-from rmeeto_export.data import MixSettings  # noqa: E402
-from rmeeto_export.merge.prune import PruneSettings  # noqa: E402
 from rmeeto_export.models import create_model  # noqa: E402
 from rmeeto_export.models.complexity import model_gflops  # noqa: E402
 from rmeeto_export.pipelines.retrain import RetrainConfig  # noqa: E402
+from rmeeto_export.pipelines.settings import ModelSettings, RetrainSettings  # noqa: E402
 
 PLATEAU_EPOCHS = 5
 REDUCERS = ("merged", "ToP-pruned", "L2-pruned", "control")
 
 
 def reducer_settings(name: str, ratio: float, merge_blocks: tuple[int, ...]) -> dict:
-    """RetrainConfig fields that reduce the model the way `name` does, at the same --ratio."""
+    """ModelSettings fields that reduce the model the way `name` does, at the same --ratio."""
     if name == "merged":
         return {"ratio": ratio}
     if name == "control":
         return {}
-    importance = "ssm" if name == "ToP-pruned" else "l2"
-    return {"prune": PruneSettings(ratio=ratio, prune_after=merge_blocks, importance=importance)}
+    return {"method": "prune", "ratio": ratio, "prune_after": ",".join(map(str, merge_blocks)),
+            "importance": "ssm" if name == "ToP-pruned" else "l2"}
 
 
-def schedule_summary(settings: dict) -> dict:
-    """Tokens per block, token-layer work removed and GFLOPs of a reduced demo model."""
-    model = create_model(demo.MODEL, merge_ratio=settings.get("ratio"), prune=settings.get("prune"),
-                         num_classes=10, **demo.MODEL_OVERRIDES)
+def schedule_summary(model_settings: ModelSettings) -> dict:
+    """Tokens per block, token-layer work removed and GFLOPs of a (reduced) demo model."""
+    model = create_model(demo.MODEL, **model_settings.reduction, num_classes=10, **demo.MODEL_OVERRIDES)
     schedule = model.schedule
     removed = 1 - sum(schedule.tokens_per_block) / (schedule.depth * schedule.num_tokens)
     return {"tokens_per_block": list(schedule.tokens_per_block), "work_removed": removed, "gflops": model_gflops(model)}
@@ -68,24 +66,23 @@ def run_seed(work: Path, seed: int, args: argparse.Namespace) -> dict:
     data = work / "digits"
     if not (data / "val").is_dir():
         demo.write_digits(data, demo.MODEL_OVERRIDES["img_size"], demo.DIGIT_SIZE, seed)
-    common = dict(model=demo.MODEL, data=str(data), batch_size=args.batch_size, workers=0, seed=seed,
-                  log_every=10**9, model_overrides=demo.MODEL_OVERRIDES)
+    model = ModelSettings(name=demo.MODEL, seed=seed, overrides=demo.MODEL_OVERRIDES)
+    common = dict(data=str(data), batch_size=args.batch_size, workers=0, log_every=10**9, **demo.DIGIT_AUGMENT)
     started = time.perf_counter()
-    scratch = demo.run_cached(RetrainConfig(
-        **common, out=str(work / "scratch"), epochs=args.scratch_epochs, lr=args.scratch_lr, distill_weight=0.0,
-        drop_path=0.0, augment=demo.DIGIT_AUGMENT, mix=MixSettings(mixup_alpha=0.0, cutmix_alpha=0.0),
-    ))
+    scratch = demo.run_cached(RetrainConfig(model, RetrainSettings(
+        **common, epochs=args.scratch_epochs, lr=args.scratch_lr, distill_weight=0.0, drop_path=0.0, mixup=0.0,
+        cutmix=0.0), out=str(work / "scratch")))
     scratch_curve = [entry["top1"] for entry in scratch if "epoch" in entry]
     merge_blocks = create_model(demo.MODEL, merge_ratio=args.ratio, **demo.MODEL_OVERRIDES).schedule.merge_blocks
-    recipe = RetrainConfig(**common, weights=str(work / "scratch" / "model.pth"), epochs=args.retrain_epochs,
-                           lr=args.retrain_lr, augment=demo.DIGIT_AUGMENT)
+    recipe = RetrainSettings(**common, epochs=args.retrain_epochs, lr=args.retrain_lr)
+    trained = dataclasses.replace(model, weights=str(work / "scratch" / "model.pth"))
     runs = {}
     for name in REDUCERS:
-        settings = reducer_settings(name, args.ratio, merge_blocks)
-        history = demo.run_cached(dataclasses.replace(recipe, out=str(work / name), **settings))
+        reduced = dataclasses.replace(trained, **reducer_settings(name, args.ratio, merge_blocks))
+        history = demo.run_cached(RetrainConfig(reduced, recipe, out=str(work / name)))
         by_stage = {entry["stage"]: entry["top1"] for entry in history}
         curve = [by_stage.get("merged", by_stage["unmerged"])] + [entry["top1"] for entry in history if "epoch" in entry]
-        runs[name] = {"top1_per_epoch": curve, **schedule_summary(settings)}
+        runs[name] = {"top1_per_epoch": curve, **schedule_summary(reduced)}
     return {
         "seed": seed,
         "unreduced": scratch_curve[-1],
@@ -108,12 +105,12 @@ def table(results: list[dict]) -> str:
     lines = [f"Val top-1 (%) on digits, mean ± standard deviation over seeds {seeds}; unreduced model "
              f"{mean_spread([r['unreduced'] for r in results])} (scratch plateau over its last {PLATEAU_EPOCHS} "
              f"epochs: " + "; ".join(f"{r['plateau'][0]:.2f}-{r['plateau'][1]:.2f}" for r in results) + ").", "",
-             "| model | work removed | GFLOPs | before | " + " | ".join(f"epoch {e}" for e in range(1, epochs + 1)) + " |",
+             "| model | work removed | MFLOPs | before | " + " | ".join(f"epoch {e}" for e in range(1, epochs + 1)) + " |",
              "| --- | --- | --- | --- | " + " | ".join("---" for _ in range(epochs)) + " |"]
     for name in REDUCERS:
         run = results[0]["runs"][name]
         cells = [mean_spread([r["runs"][name]["top1_per_epoch"][e] for r in results]) for e in range(epochs + 1)]
-        lines.append(f"| {name} | {run['work_removed']:.1%} | {run['gflops'] * 1e3:.2f} M | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {run['work_removed']:.1%} | {run["gflops"] * 1e3:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "Seconds per seed: " + ", ".join(f"{r['seconds']:.0f}" for r in results)]
     return "\n".join(lines) + "\n"
 
@@ -153,9 +150,10 @@ def main() -> None:
     parser.add_argument("--scratch-lr", type=float, default=6.4e-2, help="at batch 512, scaled like the recipe's")
     parser.add_argument("--retrain-lr", type=float, default=3.2e-2, help="at batch 512, scaled like the recipe's")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--report-only", action="store_true", help="only write the table and plot of the seeds in --work")
     args = parser.parse_args()
 
-    for seed in args.seeds:
+    for seed in [] if args.report_only else args.seeds:
         folder = args.work / f"seed{seed}"
         results = run_seed(folder, seed, args)
         (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -34,10 +34,10 @@ def main() -> None:
 
 
 @main.command()
-@options(ModelSettings, only=("name", "ratio", "r"))
+@options(ModelSettings, only=("name", "method", "ratio", "r", "keep_ratio", "prune_after", "importance"))
 @click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
 def info(as_json: bool, **settings: object) -> None:
-    """Parameters, GFLOPs, tokens and layers of a model, and its merge schedule."""
+    """Parameters, GFLOPs, tokens and layers of a model, and its merge or prune schedule."""
     import torch
 
     from rmeeto_export.pipelines.settings import from_options
@@ -49,10 +49,10 @@ def info(as_json: bool, **settings: object) -> None:
     model_settings.check()
     model_name = model_settings.name
     with torch.device("meta"):  # shapes only: no memory, no random init cost
-        model = create_model(model_name, merge_ratio=model_settings.ratio, merge_r=model_settings.r)
+        model = create_model(model_name, **model_settings.reduction)
     cfg, schedule = model.cfg, model.schedule
     plain_gflops = gflops(cfg, (cfg.num_tokens,) * cfg.depth)
-    merged_gflops = model_gflops(model)
+    reduced_gflops = model_gflops(model)
     report = {
         "model": model_name,
         "parameters": count_parameters(model),
@@ -62,23 +62,24 @@ def info(as_json: bool, **settings: object) -> None:
         "tokens": cfg.num_tokens,
         "gflops": round(plain_gflops, 3),
     }
-    if schedule.r:
+    if schedule.reduces:
         report.update(
             schedule=json.loads(schedule.to_json()),
-            gflops_merged=round(merged_gflops, 3),
-            theoretical_speedup=round(plain_gflops / merged_gflops, 3),
+            **{f"gflops_{schedule.method}d": round(reduced_gflops, 3)},
+            theoretical_speedup=round(plain_gflops / reduced_gflops, 3),
         )
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"{model_name}: {report['parameters'] / 1e6:.2f}M parameters, {cfg.depth} layers, "
                f"{cfg.num_tokens} tokens at {cfg.img_size} px, {plain_gflops:.2f} GFLOPs")
-    if schedule.r:
-        click.echo(f"merge r={schedule.r} at blocks {', '.join(map(str, schedule.merge_blocks))} "
-                   f"(effective ratio {schedule.effective_ratio:.3f}); tokens in the last block: "
-                   f"{schedule.tokens_per_block[-1]}")
-        click.echo(f"GFLOPs {plain_gflops:.2f} -> {merged_gflops:.2f} "
-                   f"(theoretical speed-up {plain_gflops / merged_gflops:.2f}x)")
+    if schedule.reduces:
+        counts = [count for index, count in enumerate(schedule.tokens_per_block)
+                  if index == 0 or count != schedule.tokens_per_block[index - 1]]
+        click.echo(f"{schedule.summary()} (effective ratio {schedule.effective_ratio:.3f}); "
+                   f"tokens {' -> '.join(map(str, counts))}")
+        click.echo(f"GFLOPs {plain_gflops:.2f} -> {reduced_gflops:.2f} "
+                   f"(theoretical speed-up {plain_gflops / reduced_gflops:.2f}x)")
 
 
 def force_option(func):

@@ -96,6 +96,8 @@ def export_module(
             # its notes on constant folding (e.g. the backward conv's flipped weight) are harmless.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+            # Shape checks in Python (token pruning's) are constants of a static-shape trace, as intended.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
                 module,
                 example_inputs,

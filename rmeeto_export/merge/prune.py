@@ -148,6 +148,15 @@ class PruneSchedule:
 
     method = METHOD
 
+    @property
+    def reduces(self) -> bool:
+        return self.tokens_per_block[-1] < self.num_tokens
+
+    def summary(self) -> str:
+        """One line for logs and reports."""
+        after = ", ".join(map(str, self.prune_after))
+        return f"prune to {self.keep_ratio:g} of the tokens after {after} blocks ({self.importance} importance)"
+
     def to_json(self) -> str:
         """Serialise to a JSON string carrying schema_version and method."""
         fields = dataclasses.asdict(self)

@@ -169,6 +169,16 @@ class MergeSchedule:
             if getattr(self, name) != value:
                 raise UserError(f"merge schedule field {name} is {getattr(self, name)!r}, expected {value!r}")
 
+    @property
+    def reduces(self) -> bool:
+        return self.r > 0
+
+    def summary(self) -> str:
+        """One line for logs and reports."""
+        if not self.r:
+            return "no merging"
+        return f"merge r={self.r} at blocks {', '.join(map(str, self.merge_blocks))}"
+
     def to_json(self) -> str:
         """Serialise to a JSON string carrying schema_version."""
         return json.dumps({"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}, indent=2) + "\n"

@@ -69,7 +69,7 @@ def load_model(settings: BuildSettings, folder: BuildFolder):
     if settings.retraining:
         weights, ema = str(folder.path(files.RETRAINED_WEIGHTS)), False
         overrides["num_classes"] = int(read_state_dict(weights)["head.bias"].shape[0])
-    model = create_model(model_settings.name, merge_ratio=model_settings.ratio, merge_r=model_settings.r, **overrides)
+    model = create_model(model_settings.name, **model_settings.reduction, **overrides)
     if weights is not None:
         load_weights(model, weights, use_ema=ema)
     return model.eval()
@@ -80,13 +80,12 @@ def load_model(settings: BuildSettings, folder: BuildFolder):
 
 
 def shapes_only_model(settings: BuildSettings):
-    """The merged model on the meta device: its config and schedule, no weights (they depend on the shapes only)."""
+    """The merged or pruned model on the meta device: its config and schedule, no weights (they depend on the shapes only)."""
     from rmeeto_export.models import create_model
 
     model_settings = settings.model
     with torch.device("meta"):
-        return create_model(model_settings.name, merge_ratio=model_settings.ratio, merge_r=model_settings.r,
-                            **model_settings.overrides)
+        return create_model(model_settings.name, **model_settings.reduction, **model_settings.overrides)
 
 
 def retrain_stage(settings: BuildSettings) -> Stage:
@@ -100,7 +99,7 @@ def retrain_stage(settings: BuildSettings) -> Stage:
     def external(folder: BuildFolder) -> dict[str, Optional[str]]:
         return {**given_weights_digest(settings, folder), "data": images_fingerprint(settings.retrain.data, folder.digests)}
 
-    return Stage("retrain", f"re-train the merged model on {settings.retrain.data}", run, groups=("model", "retrain"),
+    return Stage("retrain", f"re-train the {settings.model.method}d model on {settings.retrain.data}", run, groups=("model", "retrain"),
                  outputs=(files.RETRAINED_WEIGHTS, files.RETRAIN_METRICS, files.RETRAIN_CHECKPOINT), external=external)
 
 
@@ -121,12 +120,12 @@ def schedule_stage(settings: BuildSettings) -> Stage:
     def run(context: StageContext) -> StageResult:
         schedule = shapes_only_model(settings).schedule
         context.output(files.SCHEDULE).write_text(schedule.to_json() + "\n")
-        summary = {"r": schedule.r, "effective_ratio": schedule.effective_ratio,
+        summary = {"method": schedule.method, "summary": schedule.summary(), "effective_ratio": schedule.effective_ratio,
                    "tokens_last_block": schedule.tokens_per_block[-1]}
-        return StageResult(note=f"r={schedule.r}, tokens {schedule.tokens_per_block[0]} -> {schedule.tokens_per_block[-1]}",
+        return StageResult(note=f"{schedule.summary()}, tokens {schedule.tokens_per_block[0]} -> {schedule.tokens_per_block[-1]}",
                            manifest={"schedule": summary})
 
-    return Stage("schedule", "freeze the merge schedule", run, groups=("model",), outputs=(files.SCHEDULE,))
+    return Stage("schedule", f"freeze the {settings.model.method} schedule", run, groups=("model",), outputs=(files.SCHEDULE,))
 
 
 def export_stage(settings: BuildSettings) -> Stage:

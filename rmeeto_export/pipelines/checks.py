@@ -85,7 +85,7 @@ def check_model(settings: BuildSettings, num_classes: Optional[int]) -> None:
     if num_classes is not None:
         overrides.setdefault("num_classes", num_classes)
     with torch.device("meta"):
-        model = create_model(model_settings.name, merge_ratio=model_settings.ratio, merge_r=model_settings.r, **overrides)
+        model = create_model(model_settings.name, **model_settings.reduction, **overrides)
     if model_settings.weights is not None:
         state = read_state_dict(model_settings.weights, use_ema=model_settings.ema_weights)
         check_state_dict(model, state, model_settings.weights)

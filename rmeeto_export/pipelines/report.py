@@ -18,7 +18,7 @@ def report_text(folder: "BuildFolder") -> str:
                   f"parity still checks the graph{not_judged}.", ""]
     schedule = data.get("schedule")
     if schedule:
-        lines += [f"Merge: r={schedule['r']} (effective ratio {schedule['effective_ratio']:.3f}), "
+        lines += [f"Tokens: {schedule['summary']} (effective ratio {schedule['effective_ratio']:.3f}), "
                   f"{schedule['tokens_last_block']} tokens in the last block. Precision {settings.export.precision}, "
                   f"batch {settings.export.batch}.", ""]
     lines += ["| stage | status | seconds | note |", "| --- | --- | --- | --- |"]

@@ -156,7 +156,7 @@ def build_models(config: RetrainConfig, num_classes: int, state: Optional[dict[s
     if requested != num_classes:
         raise UserError(f"the model is asked for {requested} classes, but {config.training.data} has {num_classes} class folders")
     common = {**config.model.overrides, "num_classes": num_classes}
-    student = create_model(config.model.name, merge_ratio=config.model.ratio, merge_r=config.model.r,
+    student = create_model(config.model.name, **config.model.reduction,
                            drop_path_rate=config.training.drop_path, **common)
     unmerged = create_model(config.model.name, **common)
     if state is not None:
@@ -459,7 +459,7 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
     trainer = make_trainer(config, processes, student, teacher, splits.num_classes, len(train_set), log)
     if processes.is_main:
         schedule = student.schedule
-        log(f"re-training {config.model.name} (r={schedule.r}, tokens {schedule.tokens_per_block[0]} -> "
+        log(f"re-training {config.model.name} ({schedule.summary()}, tokens {schedule.tokens_per_block[0]} -> "
             f"{schedule.tokens_per_block[-1]}) on {len(train_set)} images, {splits.num_classes} classes, "
             f"{processes.world_size} process(es) on {processes.device.type}, global batch "
             f"{config.training.batch_size * processes.world_size}, lr {trainer.peak_lr:.3g}")
@@ -477,7 +477,7 @@ def retrain(config: RetrainConfig, log: Log = print_progress) -> RetrainResult:
             log(f"resumed from {out / CHECKPOINT_NAME} after epoch {start_epoch}")
     else:
         record(history, {"stage": "unmerged", **evaluate(unmerged, val_set, config, processes, log)}, processes, log)
-        if student.schedule.r:
+        if student.schedule.reduces:  # "merged": the reduced model, merged or pruned
             record(history, {"stage": "merged", **evaluate(student, val_set, config, processes, log)}, processes, log)
     del unmerged  # the trainer keeps it as the teacher when distilling
 

@@ -20,12 +20,15 @@ from rmeeto_export.calibration.smoothing import DEFAULT_ALPHA
 from rmeeto_export.data import AugmentSettings, MixSettings
 from rmeeto_export.errors import InternalError, UserError
 from rmeeto_export.export.batch import BatchRange, parse_batch
+from rmeeto_export.merge.prune import IMPORTANCES, RELEASED_KEEP_RATIO, RELEASED_PRUNE_AFTER, PruneSettings
 from rmeeto_export.merge.schedule import check_one_way
 from rmeeto_export.precision import PRECISIONS, check_precision
 from rmeeto_export.trt.backend import BACKENDS
 from rmeeto_export.trt.plugins import PLUGIN_MODES
 
 _AUGMENT, _MIX = AugmentSettings(), MixSettings()
+REDUCERS = ("merge", "prune")
+_RELEASED_AFTER = ",".join(map(str, RELEASED_PRUNE_AFTER))
 _PROBABILITY = click.FloatRange(0, 1)
 
 
@@ -57,16 +60,32 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
     return overrides
 
 
+def parse_block_counts(text: str) -> tuple[int, ...]:
+    """'5,10,15' -> (5, 10, 15)."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"--prune-after wants block counts like 5,10,15, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class ModelSettings:
-    """Which model, which weights and how much merging: what `create_model` and `load_weights` need."""
+    """Which model, which weights and how many tokens to reduce, and how: what `create_model` and
+    `load_weights` need."""
 
     KEY = "model"
 
     name: str = setting("vim_b", "vim_t, vim_s or vim_b", flag="--model")
-    ratio: Optional[float] = setting(None, "R-MeeTo reduction ratio, e.g. 0.31", type=float)
+    method: str = setting("merge", "token reducer: merge (R-MeeTo) or prune (token pruning, arXiv 2409.18962)",
+                          type=click.Choice(REDUCERS))
+    ratio: Optional[float] = setting(None, "fraction of token-layer work removed, e.g. 0.31 (merge or prune)", type=float)
     r: Optional[int] = setting(None, "tokens merged per merge step (instead of --ratio); under torchrun write --merge-r",
                                aliases=("--merge-r",), type=int)
+    keep_ratio: Optional[float] = setting(
+        None, f"prune: fraction of tokens kept at each prune (instead of --ratio; default {RELEASED_KEEP_RATIO})", type=float)
+    prune_after: str = setting(_RELEASED_AFTER, "prune: after how many blocks to prune")
+    importance: str = setting("ssm", "prune: token importance, ssm (the paper's clipped SSM output) or l2 (baseline)",
+                              type=click.Choice(IMPORTANCES))
     weights: Optional[str] = setting(None, "checkpoint: .pth (official layout), .safetensors or hf://owner/repo/file")
     ema_weights: bool = setting(False, "take the checkpoint's model_ema weights", is_flag=True)
     overrides: dict[str, Any] = setting({}, "model config override, e.g. img_size=256 (repeatable)", flag="--override",
@@ -74,7 +93,24 @@ class ModelSettings:
     seed: int = setting(0, "seed of random weights, parity inputs and re-training", type=int)
 
     def check(self) -> None:
-        check_one_way({"--ratio": self.ratio, "--r": self.r})
+        check_one_way({"--ratio": self.ratio, "--r": self.r, "--keep-ratio": self.keep_ratio})
+        if self.method not in REDUCERS:
+            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(REDUCERS)}")
+        if self.method == "prune" and self.r is not None:
+            raise UserError("--r counts merged tokens; pruning takes --ratio or --keep-ratio")
+        pruning_only = {"keep_ratio": self.keep_ratio is not None, "prune_after": self.prune_after != _RELEASED_AFTER,
+                        "importance": self.importance != "ssm"}
+        given = [name.replace("_", "-") for name, set_ in pruning_only.items() if set_]
+        if self.method == "merge" and given:
+            raise UserError(f"only --method prune takes --{', --'.join(given)}")
+
+    @property
+    def reduction(self) -> dict[str, Any]:
+        """The keyword arguments that make `create_model` merge or prune as these settings say."""
+        if self.method == "merge":
+            return {"merge_ratio": self.ratio, "merge_r": self.r}
+        return {"prune": PruneSettings(keep_ratio=self.keep_ratio, ratio=self.ratio,
+                                       prune_after=parse_block_counts(self.prune_after), importance=self.importance)}
 
     @property
     def random_weights(self) -> bool:
