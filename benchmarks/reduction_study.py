@@ -110,7 +110,7 @@ def table(results: list[dict]) -> str:
     for name in REDUCERS:
         run = results[0]["runs"][name]
         cells = [mean_spread([r["runs"][name]["top1_per_epoch"][e] for r in results]) for e in range(epochs + 1)]
-        lines.append(f"| {name} | {run['work_removed']:.1%} | {run["gflops"] * 1e3:.2f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {run['work_removed']:.1%} | {run['gflops'] * 1e3:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "Seconds per seed: " + ", ".join(f"{r['seconds']:.0f}" for r in results)]
     return "\n".join(lines) + "\n"
 
