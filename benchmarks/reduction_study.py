@@ -17,7 +17,7 @@ Output in --work: seed<N>/results.json per seed, and for every seed found there,
 study.png (mean and spread per epoch). A seed whose runs are all in --work is only read back.
 
 Threads: the script sets none; on a shared machine run it with OMP_NUM_THREADS=1 (and nice).
-Run: python benchmarks/reduction_study.py --work DIR [--seeds 0 1 2] [--ratio 0.31] [--scratch-epochs 25] [--retrain-epochs 4]
+Run: python benchmarks/reduction_study.py --work DIR [--seeds 0 1 2] [--ratio 0.31] [--scratch-epochs 20] [--retrain-epochs 3]
 Needs scikit-learn and matplotlib: pip install -e '.[bench]'.
 """
 
@@ -145,8 +145,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="folder for data, runs and the figures (reused)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ratio", type=float, default=0.31, help="fraction of token-layer work removed")
-    parser.add_argument("--scratch-epochs", type=int, default=25)
-    parser.add_argument("--retrain-epochs", type=int, default=4)
+    parser.add_argument("--scratch-epochs", type=int, default=20)
+    parser.add_argument("--retrain-epochs", type=int, default=3)
     parser.add_argument("--scratch-lr", type=float, default=6.4e-2, help="at batch 512, scaled like the recipe's")
     parser.add_argument("--retrain-lr", type=float, default=3.2e-2, help="at batch 512, scaled like the recipe's")
     parser.add_argument("--batch-size", type=int, default=16)
