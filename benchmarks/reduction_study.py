@@ -1,7 +1,8 @@
 """Merging vs pruning at equal GFLOPs, with re-training and a control, on a small real dataset (CPU).
 
 The dataset, model and recipes are the re-training demo's (benchmarks/recovery_demo.py): scikit-learn's
-digits as an ImageFolder, a small Vim (65 tokens, 6 blocks, width 32). Per seed:
+digits as an ImageFolder and a small Vim (6 blocks, width 32), here with 8 px patches by default (17 tokens;
+the demo's 4 px patches give 65 tokens and cost 4x more: --patch-size 4). Per seed:
 
 1. train the Vim from scratch to convergence (--scratch-epochs); convergence is judged from the run's
    own val top-1 over its last 5 epochs (printed as "plateau": their range);
@@ -17,7 +18,7 @@ Output in --work: seed<N>/results.json per seed, and for every seed found there,
 study.png (mean and spread per epoch). A seed whose runs are all in --work is only read back.
 
 Threads: the script sets none; on a shared machine run it with OMP_NUM_THREADS=1 (and nice).
-Run: python benchmarks/reduction_study.py --work DIR [--seeds 0 1 2] [--ratio 0.31] [--scratch-epochs 20] [--retrain-epochs 3]
+Run: python benchmarks/reduction_study.py --work DIR [--seeds 0 1 2] [--ratio 0.31] [--scratch-epochs 12] [--retrain-epochs 3] [--patch-size 8]
 Needs scikit-learn and matplotlib: pip install -e '.[bench]'.
 """
 
@@ -54,8 +55,8 @@ def reducer_settings(name: str, ratio: float, merge_blocks: tuple[int, ...]) -> 
 
 
 def schedule_summary(model_settings: ModelSettings) -> dict:
-    """Tokens per block, token-layer work removed and GFLOPs of a (reduced) demo model."""
-    model = create_model(demo.MODEL, **model_settings.reduction, num_classes=10, **demo.MODEL_OVERRIDES)
+    """Tokens per block, token-layer work removed and GFLOPs of a (reduced) study model."""
+    model = create_model(model_settings.name, **model_settings.reduction, num_classes=10, **model_settings.overrides)
     schedule = model.schedule
     removed = 1 - sum(schedule.tokens_per_block) / (schedule.depth * schedule.num_tokens)
     return {"tokens_per_block": list(schedule.tokens_per_block), "work_removed": removed, "gflops": model_gflops(model)}
@@ -66,14 +67,15 @@ def run_seed(work: Path, seed: int, args: argparse.Namespace) -> dict:
     data = work / "digits"
     if not (data / "val").is_dir():
         demo.write_digits(data, demo.MODEL_OVERRIDES["img_size"], demo.DIGIT_SIZE, seed)
-    model = ModelSettings(name=demo.MODEL, seed=seed, overrides=demo.MODEL_OVERRIDES)
+    overrides = {**demo.MODEL_OVERRIDES, "patch_size": args.patch_size}
+    model = ModelSettings(name=demo.MODEL, seed=seed, overrides=overrides)
     common = dict(data=str(data), batch_size=args.batch_size, workers=0, log_every=10**9, **demo.DIGIT_AUGMENT)
     started = time.perf_counter()
     scratch = demo.run_cached(RetrainConfig(model, RetrainSettings(
         **common, epochs=args.scratch_epochs, lr=args.scratch_lr, distill_weight=0.0, drop_path=0.0, mixup=0.0,
         cutmix=0.0), out=str(work / "scratch")))
     scratch_curve = [entry["top1"] for entry in scratch if "epoch" in entry]
-    merge_blocks = create_model(demo.MODEL, merge_ratio=args.ratio, **demo.MODEL_OVERRIDES).schedule.merge_blocks
+    merge_blocks = create_model(demo.MODEL, merge_ratio=args.ratio, **overrides).schedule.merge_blocks
     recipe = RetrainSettings(**common, epochs=args.retrain_epochs, lr=args.retrain_lr)
     trained = dataclasses.replace(model, weights=str(work / "scratch" / "model.pth"))
     runs = {}
@@ -145,11 +147,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="folder for data, runs and the figures (reused)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ratio", type=float, default=0.31, help="fraction of token-layer work removed")
-    parser.add_argument("--scratch-epochs", type=int, default=20)
+    parser.add_argument("--scratch-epochs", type=int, default=12)
     parser.add_argument("--retrain-epochs", type=int, default=3)
     parser.add_argument("--scratch-lr", type=float, default=6.4e-2, help="at batch 512, scaled like the recipe's")
     parser.add_argument("--retrain-lr", type=float, default=3.2e-2, help="at batch 512, scaled like the recipe's")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--patch-size", type=int, default=8, help="8: 17 tokens; 4: the demo's 65 tokens (4x the time)")
     parser.add_argument("--report-only", action="store_true", help="only write the table and plot of the seeds in --work")
     args = parser.parse_args()
 

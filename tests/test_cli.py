@@ -57,3 +57,22 @@ def test_bad_input_is_one_line_and_exit_1(args, message):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+def test_info_prune_prints_token_counts_and_gflops():
+    result = run("info", "--model", "vim_s", "--method", "prune")
+    assert result.exit_code == 0, result.output
+    assert "tokens 197 -> 157 -> 125 -> 101" in result.output and "GFLOPs 5.20 -> 3.65" in result.output
+    info = json.loads(run("info", "--model", "vim_s", "--method", "prune", "--ratio", "0.31", "--json").output)
+    assert info["schedule"]["method"] == "prune" and abs(info["schedule"]["effective_ratio"] - 0.31) < 0.005
+    assert abs(info["gflops_pruned"] / 3.60 - 1) < 0.03  # the pruning paper's Vim-S figure
+
+
+@pytest.mark.parametrize("args,message", [
+    (("info", "--method", "prune", "--r", "5"), "pruning takes --ratio or --keep-ratio"),
+    (("info", "--keep-ratio", "0.7"), "only --method prune takes --keep-ratio"),
+    (("info", "--method", "prune", "--keep-ratio", "0"), "keep ratio must be in (0, 1]"),
+    (("info", "--method", "prune", "--prune-after", "5,x"), "--prune-after wants block counts"),
+    (("info", "--method", "prune", "--prune-after", "5,24"), "cannot prune after 24 block(s)"),
+    (("info", "--method", "prune", "--ratio", "0.3", "--keep-ratio", "0.8"), "give only one of"),
+])
+def test_bad_prune_input_is_one_line_and_exit_1(args, message):
+    test_bad_input_is_one_line_and_exit_1(args, message)

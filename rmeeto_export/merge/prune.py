@@ -27,6 +27,7 @@ from typing import Any, Optional
 import torch
 
 from rmeeto_export.errors import UserError
+from rmeeto_export.merge.schedule import check_one_way
 from rmeeto_export.merge.tokens import gather_tokens, kept_positions_in_order, top_r_mask, with_token, without_token
 
 SCHEMA_VERSION = 1
@@ -200,8 +201,7 @@ def prune_schedule(depth: int, num_tokens: int, cls_index: int, settings: PruneS
     if settings.importance not in IMPORTANCES:
         raise UserError(f"unknown importance {settings.importance!r}; choose one of {', '.join(IMPORTANCES)}")
     _check_prune_after(depth, settings.prune_after)
-    if settings.keep_ratio is not None and settings.ratio is not None:
-        raise UserError("give a keep ratio or a ratio for pruning, not both")
+    check_one_way({"keep_ratio": settings.keep_ratio, "ratio": settings.ratio})
     if settings.ratio is not None:
         _check_fraction("ratio", settings.ratio, low_open=False)
         keep_ratio = 1.0 if settings.ratio == 0 else keep_ratio_for(depth, num_tokens, settings.prune_after, settings.ratio)

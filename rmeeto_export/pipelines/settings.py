@@ -93,7 +93,8 @@ class ModelSettings:
     seed: int = setting(0, "seed of random weights, parity inputs and re-training", type=int)
 
     def check(self) -> None:
-        check_one_way({"--ratio": self.ratio, "--r": self.r, "--keep-ratio": self.keep_ratio})
+        check_one_way({"--ratio": self.ratio, "--r": self.r})
+        check_one_way({"--ratio": self.ratio, "--keep-ratio": self.keep_ratio})
         if self.method not in REDUCERS:
             raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(REDUCERS)}")
         if self.method == "prune" and self.r is not None:

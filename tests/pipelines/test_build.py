@@ -18,7 +18,7 @@ from rmeeto_export.pipelines.stages import StageFailed
 from tests.support.builds import assert_manifest_matches_files, tiny_settings
 from tests.support.backends import HAS_TENSORRT as HAS_TRT
 from tests.support.images import write_class_folders
-from tests.support.models import TRAINABLE_CLASSES, TRAINABLE_VIM
+from tests.support.models import TINY_VIM, TRAINABLE_CLASSES, TRAINABLE_VIM
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +171,21 @@ def test_without_matplotlib_the_report_says_how_to_get_the_figures(built, tmp_pa
     assert any("skipped" in line and figures.MISSING_MATPLOTLIB in line for line in lines)
     assert f"Figures: {figures.MISSING_MATPLOTLIB}" in (out / "report.md").read_text()
     assert not (out / "figures").exists()
+
+
+def test_build_method_prune_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    flags = [flag for key, value in TINY_VIM.items() for flag in ("--override", f"{key}={value}")]
+    result = CliRunner().invoke(main, ["build", "--model", "vim_t", "--method", "prune", "--keep-ratio", "0.6",
+                                       "--prune-after", "1,3", "--parity-samples", "4", *flags, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    schedule = json.loads((out / "schedule.json").read_text())
+    assert schedule["method"] == "prune" and schedule["tokens_per_block"] == [17, 11, 11, 7]
+    assert json.loads((out / "parity.json").read_text())["passed"]
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert {node.op_type for node in graph.node if node.domain == "rmeeto"} == {"SelectiveScan"}  # pruning: standard ops
+    assert [node.op_type for node in graph.node].count("TopK") == 2  # one per pruning step
+    assert "prune to 0.6 of the tokens after 1, 3 blocks" in (out / "report.md").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    if HAS_TRT:  # CI installs TensorRT-RTX, which builds without a GPU
+        assert manifest["stages"]["engine"]["status"] == "ok" and manifest["engine"]["engine_bytes"] > 0

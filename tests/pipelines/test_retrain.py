@@ -4,6 +4,7 @@ one-line CLI errors, atomic checkpoints, weights the loader accepts."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from rmeeto_export.merge.prune import PruneSettings
 from rmeeto_export.models import create_model, load_weights
 from rmeeto_export.pipelines import retrain as retrain_module
 from rmeeto_export.pipelines.retrain import RetrainConfig, retrain, retrain_command, save_torch
@@ -235,3 +237,13 @@ def test_num_classes_override_must_match_the_dataset(dataset, tmp_path):
     matching = tiny_config(dataset, None, tmp_path, model=dict(overrides={**TRAINABLE_VIM, "num_classes": TRAINABLE_CLASSES}),
                            distill_weight=0.0, epochs=1)
     assert retrain(matching).weights.is_file()
+
+
+def test_a_pruned_model_retrains_with_the_same_recipe(dataset, weights, tmp_path):
+    pruning = dict(r=None, method="prune", keep_ratio=0.5, prune_after="2")  # 5 -> 3 tokens after block 2
+    result = retrain(tiny_config(dataset, weights, tmp_path, model=pruning, epochs=1))
+    assert [e["stage"] for e in result.history] == ["unmerged", "merged", "epoch"]  # "merged": the reduced model
+    schedule = json.loads((tmp_path / "metrics.json").read_text())["schedule"]
+    assert schedule["method"] == "prune" and schedule["tokens_per_block"] == [5, 5, 3, 3]
+    model = create_model("vim_t", prune=PruneSettings(keep_ratio=0.5, prune_after=(2,)), num_classes=CLASSES, **TINY)
+    load_weights(model, str(result.weights))
