@@ -79,7 +79,7 @@ def run_seed(work: Path, seed: int, args: argparse.Namespace) -> dict:
     recipe = RetrainSettings(**common, epochs=args.retrain_epochs, lr=args.retrain_lr)
     trained = dataclasses.replace(model, weights=str(work / "scratch" / "model.pth"))
     runs = {}
-    for name in REDUCERS:
+    for name in args.reducers:
         reduced = dataclasses.replace(trained, **reducer_settings(name, args.ratio, merge_blocks))
         history = demo.run_cached(RetrainConfig(reduced, recipe, out=str(work / name)))
         by_stage = {entry["stage"]: entry["top1"] for entry in history}
@@ -153,13 +153,16 @@ def main() -> None:
     parser.add_argument("--retrain-lr", type=float, default=3.2e-2, help="at batch 512, scaled like the recipe's")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--patch-size", type=int, default=8, help="8: 17 tokens; 4: the demo's 65 tokens (4x the time)")
+    parser.add_argument("--reducers", nargs="+", choices=REDUCERS, default=list(REDUCERS),
+                        help="runs to do (several processes can share one --work); the table needs all of them")
     parser.add_argument("--report-only", action="store_true", help="only write the table and plot of the seeds in --work")
     args = parser.parse_args()
 
     for seed in [] if args.report_only else args.seeds:
         folder = args.work / f"seed{seed}"
         results = run_seed(folder, seed, args)
-        (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        if list(results["runs"]) == list(REDUCERS):
+            (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     found = [json.loads(p.read_text()) for p in sorted(args.work.glob("seed*/results.json"))]
     (args.work / "study.md").write_text(table(found))
     plot(found, args.work / "study.png")
