@@ -164,6 +164,8 @@ def main() -> None:
         if list(results["runs"]) == list(REDUCERS):
             (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     found = [json.loads(p.read_text()) for p in sorted(args.work.glob("seed*/results.json"))]
+    if not found:
+        sys.exit(f"no seed in {args.work} has all of its runs yet")
     (args.work / "study.md").write_text(table(found))
     plot(found, args.work / "study.png")
     print(table(found))
