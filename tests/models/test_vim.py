@@ -101,7 +101,7 @@ def test_merged_model_trains_on_cpu():
     (dict(name="vim_x"), "unknown model 'vim_x'"),
     (dict(name="vim_t", depth_multiplier=2), "unknown model override"),
     (dict(name="vim_t", img_size=100), "not a multiple of patch_size"),
-    (dict(name="vim_t", merge_r=2, merge_ratio=0.1), "give only one of merge_ratio, merge_r and schedule"),
+    (dict(name="vim_t", merge_r=2, merge_ratio=0.1), "give only one of merge_ratio, merge_r, prune and schedule"),
     (dict(name="vim_t", scan_backend="warp"), "unknown scan backend"),
 ])
 def test_bad_model_arguments(kwargs, message):
