@@ -283,7 +283,7 @@ def figures_stage(settings: BuildSettings) -> Stage:
         model = shapes_only_model(settings)
         cfg, merged = model.cfg, list(model.schedule.tokens_per_block)
         plain = [cfg.num_tokens] * cfg.depth
-        figures.tokens_figure(plt, plain, merged, model.schedule.r, context.output(files.TOKENS_FIGURE))
+        figures.tokens_figure(plt, plain, merged, model.schedule.summary(), context.output(files.TOKENS_FIGURE))
         figures.gflops_figure(plt, block_gflops(cfg, plain), block_gflops(cfg, merged), context.output(files.GFLOPS_FIGURE))
         written = [files.TOKENS_FIGURE, files.GFLOPS_FIGURE]
         errors, limits = figures.parity_errors(json.loads(context.input(files.PARITY).read_text()))

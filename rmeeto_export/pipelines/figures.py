@@ -51,8 +51,8 @@ def _plain_vs_merged(plt, plain: list[float], merged: list[float], ylabel: str, 
     return _save(plt, figure, path)
 
 
-def tokens_figure(plt, plain: list[int], merged: list[int], r: int, path: Path) -> Path:
-    return _plain_vs_merged(plt, plain, merged, "tokens", f"Tokens per block (r = {r})", path, "d")
+def tokens_figure(plt, plain: list[int], merged: list[int], schedule_summary: str, path: Path) -> Path:
+    return _plain_vs_merged(plt, plain, merged, "tokens", f"Tokens per block ({schedule_summary})", path, "d")
 
 
 def gflops_figure(plt, plain: list[float], merged: list[float], path: Path) -> Path:

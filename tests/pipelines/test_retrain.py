@@ -245,5 +245,6 @@ def test_a_pruned_model_retrains_with_the_same_recipe(dataset, weights, tmp_path
     assert [e["stage"] for e in result.history] == ["unmerged", "merged", "epoch"]  # "merged": the reduced model
     schedule = json.loads((tmp_path / "metrics.json").read_text())["schedule"]
     assert schedule["method"] == "prune" and schedule["tokens_per_block"] == [5, 5, 3, 3]
-    model = create_model("vim_t", prune=PruneSettings(keep_ratio=0.5, prune_after=(2,)), num_classes=CLASSES, **TINY)
+    model = create_model("vim_t", prune=PruneSettings(keep_ratio=0.5, prune_after=(2,)),
+                         num_classes=TRAINABLE_CLASSES, **TRAINABLE_VIM)
     load_weights(model, str(result.weights))
