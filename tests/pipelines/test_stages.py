@@ -108,15 +108,30 @@ def test_interrupting_the_first_stage_of_a_new_folder_leaves_no_folder(tmp_path,
 
 
 def test_sigint_during_a_stage_leaves_the_folder_as_it_was_before_it(tmp_path):
-    """A real SIGINT to a running `rmeeto-export build`, sent when the export stage has started."""
+    """A real SIGINT to a running `rmeeto-export build`, sent while the export stage is inside its work.
+
+    The tiny model exports in well under a second, so a signal sent on the stage's title line could
+    arrive after the stage (and the build) ended on a busy machine; the child holds the exporter in a
+    sleep it announces, so the signal always lands inside the stage."""
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "rmeeto_export", "build", *TINY_FLAGS, "--out", str(out)]
+    child = ("import sys, time\n"
+             "import rmeeto_export.export as export\n"
+             "real = export.build_onnx\n"
+             "def held(*args, **kwargs):\n"
+             "    print('test: export running', flush=True)\n"
+             "    time.sleep(120)\n"
+             "    return real(*args, **kwargs)\n"
+             "export.build_onnx = held\n"
+             "from rmeeto_export.cli import main\n"
+             "sys.argv[0] = 'rmeeto-export'\n"
+             "main()\n")
+    command = [sys.executable, "-c", child, "build", *TINY_FLAGS, "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if line.startswith("[3/6] export ONNX"):
+        if line.startswith("test: export running"):
             before = files_of(out)
             process.send_signal(signal.SIGINT)
             break
