@@ -13,32 +13,11 @@
 
 #include <cuda_runtime_api.h>
 
-#if defined(_WIN32)
-#define RMEETO_API __declspec(dllexport)
-#else
-#define RMEETO_API __attribute__((visibility("default")))
-#endif
+#include "rmeeto_types.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-typedef enum rmeeto_status
-{
-    RMEETO_STATUS_SUCCESS = 0,
-    RMEETO_STATUS_INVALID_ARGUMENT = 1, /* null pointer, non-positive size, r or cls_index out of range */
-    RMEETO_STATUS_UNSUPPORTED = 2,      /* valid but not compiled: d_state, dtype, channel count */
-    RMEETO_STATUS_WORKSPACE_TOO_SMALL = 3,
-    RMEETO_STATUS_CUDA_ERROR = 4 /* a kernel launch failed; rmeeto_status_string names the cudaError_t */
-} rmeeto_status_t;
-
-/* Element type of the activations. Values are part of the ABI (the ctypes binding uses them). */
-typedef enum rmeeto_dtype
-{
-    RMEETO_DTYPE_FLOAT32 = 0,
-    RMEETO_DTYPE_FLOAT16 = 1,
-    RMEETO_DTYPE_BFLOAT16 = 2
-} rmeeto_dtype_t;
 
 /* For RMEETO_STATUS_CUDA_ERROR: the name and text of the calling thread's last launch failure
  * (valid until its next failure), since the failing call has already cleared cudaGetLastError(). */

@@ -240,7 +240,7 @@ class Vim(nn.Module):
                 if size is None:
                     size = residual.new_ones(residual.shape[0], residual.shape[1], 1)
                 hidden, residual, size = ops.token_merge(
-                    hidden, residual, size, schedule.r, schedule.cls_index_per_block[index - 1]
+                    hidden, residual, size, schedule.r, schedule.cls_index_per_block[index - 1], self.cfg.scan_backend
                 )
             hidden, residual = layer(hidden, residual)
         return hidden, residual

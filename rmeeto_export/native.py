@@ -1,0 +1,168 @@
+"""The native CPU ops (plugins_trt/cpu): a ctypes binding on CPU torch tensors, and where the ONNX
+Runtime custom-op library is.
+
+Both libraries are built by `make native` (CMake, no CUDA) into build/native/. They are looked up in
+$RMEETO_NATIVE_DIR (alone, when set), build/native/ of the working directory and of the source
+checkout, then the per-user cache $XDG_CACHE_HOME/rmeeto-export/native/. Without them everything
+still runs: the torch ops use the PyTorch references and ONNX Runtime the graphs' function bodies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from rmeeto_export.errors import UserError
+
+DIR_ENV_VAR = "RMEETO_NATIVE_DIR"
+CPU_KERNELS_LIBRARY = "librmeeto_cpu_kernels.so"
+ORT_OPS_LIBRARY = "librmeeto_ort_ops.so"
+BUILD_SUBDIR = Path("build") / "native"
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+ABSENT_NOTE = f"native ops not built (`make native`, or set {DIR_ENV_VAR}): using the function bodies"
+
+# Values of rmeeto_dtype_t in plugins_trt/kernels/rmeeto_types.h.
+_KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+class _Threads(ctypes.Structure):
+    """rmeeto_cpu_threads_t with parallel_for NULL: num_threads std::threads."""
+
+    _fields_ = [("num_threads", ctypes.c_int32), ("parallel_for", ctypes.c_void_p), ("pool", ctypes.c_void_p)]
+
+
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rmeeto-export" / "native"
+
+
+def library_dirs() -> list[Path]:
+    """Folders searched, in order."""
+    explicit = os.environ.get(DIR_ENV_VAR)
+    if explicit:
+        return [Path(explicit)]
+    return list(dict.fromkeys([Path.cwd() / BUILD_SUBDIR, _SOURCE_ROOT / BUILD_SUBDIR, user_cache_dir()]))
+
+
+def find_library(name: str) -> Optional[Path]:
+    return next((d / name for d in library_dirs() if (d / name).is_file()), None)
+
+
+def ort_ops_library() -> Optional[Path]:
+    """librmeeto_ort_ops.so for SessionOptions.register_custom_ops_library, or None when not built."""
+    return find_library(ORT_OPS_LIBRARY)
+
+
+@functools.cache
+def _load() -> Optional[ctypes.CDLL]:
+    path = find_library(CPU_KERNELS_LIBRARY)
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as error:
+        raise UserError(f"cannot load {path}: {error}; rebuild it with `make native`") from error
+    i32, ptr = ctypes.c_int32, ctypes.c_void_p
+    threads = ctypes.POINTER(_Threads)
+    lib.rmeeto_cpu_selective_scan_fwd.argtypes = [i32] * 5 + [ptr] * 8 + [i32, i32, ptr, threads]
+    lib.rmeeto_cpu_token_merge.argtypes = [i32] * 6 + [ptr] * 6 + [threads]
+    lib.rmeeto_cpu_selective_scan_fwd.restype = lib.rmeeto_cpu_token_merge.restype = i32
+    return lib
+
+
+def available() -> bool:
+    """Whether the CPU kernels library is built and loads."""
+    return _load() is not None
+
+
+def _library() -> ctypes.CDLL:
+    lib = _load()
+    if lib is None:
+        tried = ", ".join(str(d) for d in library_dirs())
+        raise UserError(f"{CPU_KERNELS_LIBRARY} not found (tried {tried}); build it with `make native`")
+    return lib
+
+
+def _threads(num_threads: Optional[int]) -> _Threads:
+    return _Threads(num_threads if num_threads is not None else torch.get_num_threads(), None, None)
+
+
+def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:  # inputs are validated before the call: a status here is a bug
+        raise RuntimeError(f"{what} returned status {status} (plugins_trt/kernels/rmeeto_types.h)")
+
+
+def supports(*tensors: Optional[Tensor]) -> bool:
+    """Whether the native kernels take these tensors: CPU, fp32/fp16/bf16, library built."""
+    return available() and all(t is None or (t.device.type == "cpu" and t.dtype in _KERNEL_DTYPES) for t in tensors)
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = True,
+    reverse: bool = False,
+    num_threads: Optional[int] = None,
+) -> Tensor:
+    """models.ops.selective_scan_reference on CPU tensors, natively; torch's thread count by default.
+
+    Shapes are the reference's (checked by the caller, models.ops); mixed activation dtypes run in fp32.
+    """
+    lib = _library()
+    batch, dim, length = u.shape
+    activations = [u, delta, B, C] + ([z] if z is not None else [])
+    act_dtype = u.dtype if all(t.dtype == u.dtype for t in activations) else torch.float32
+    act = lambda t: None if t is None else t.to(act_dtype).contiguous()  # noqa: E731
+    fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
+    u_c, delta_c, B_c, C_c, z_c = act(u), act(delta), act(B), act(C), act(z)
+    A_c, D_c, bias_c = fp32(A), fp32(D), fp32(delta_bias)
+    out = torch.empty_like(u_c)
+    if out.numel():
+        status = lib.rmeeto_cpu_selective_scan_fwd(
+            _KERNEL_DTYPES[act_dtype], batch, dim, B.shape[1], length,
+            _pointer(u_c), _pointer(delta_c), _pointer(A_c), _pointer(B_c), _pointer(C_c),
+            _pointer(D_c), _pointer(z_c), _pointer(bias_c), int(delta_softplus), int(reverse),
+            _pointer(out), ctypes.byref(_threads(num_threads)),
+        )  # fmt: skip
+        _check(status, "rmeeto_cpu_selective_scan_fwd")
+    return out.to(u.dtype)
+
+
+def token_merge(
+    hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_index: int, num_threads: Optional[int] = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """merge.rmeeto.merge_tokens (without new_cls) on CPU tensors, natively; r == 0 returns copies."""
+    from rmeeto_export.merge.rmeeto import _check_inputs  # the reference's own checks and messages
+
+    _check_inputs(hidden, residual, size, r, cls_index)
+    lib = _library()
+    batch, tokens, channels = hidden.shape
+    hidden_c, residual_c, size_c = hidden.contiguous(), residual.float().contiguous(), size.float().contiguous()
+    outputs = (
+        hidden_c.new_empty(batch, tokens - r, channels),
+        residual_c.new_empty(batch, tokens - r, channels),
+        size_c.new_empty(batch, tokens - r, 1),
+    )
+    if hidden.numel():
+        status = lib.rmeeto_cpu_token_merge(
+            _KERNEL_DTYPES[hidden.dtype], batch, tokens, channels, r, cls_index,
+            _pointer(hidden_c), _pointer(residual_c), _pointer(size_c), *(_pointer(t) for t in outputs),
+            ctypes.byref(_threads(num_threads)),
+        )  # fmt: skip
+        _check(status, "rmeeto_cpu_token_merge")
+    return outputs
