@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench plugins plugins-rtx kernels-emulated bench-gpu gpu-check clean
+.PHONY: install demo test bench native plugins plugins-rtx kernels-emulated bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,16 +13,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,rtx]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) native
 
-demo: $(STAMP)
+demo: install
 	$(BIN)/rmeeto-export build --model vim_b --ratio 0.31 --out out/vim_b-r0.31
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_vim_cpu.py
+
+# The native CPU ops (librmeeto_cpu_kernels.so) and the ONNX Runtime op library over them
+# (librmeeto_ort_ops.so, when ONNX Runtime's headers can be had), no CUDA needed; see plugins_trt/cpu.
+ORT_HEADERS := build/ort-headers
+native:
+	plugins_trt/cpu/ort/fetch_headers.sh $(ORT_HEADERS)
+	cmake -S plugins_trt/cpu -B build/native -DONNXRUNTIME_INCLUDE_DIR=$(abspath $(ORT_HEADERS))/usr/include/onnxruntime > /dev/null
+	cmake --build build/native -j2
 
 # CUDA kernels always; the TensorRT plugin library when TensorRT is found (TENSORRT_ROOT, JetPack, pip).
 plugins: $(STAMP)
