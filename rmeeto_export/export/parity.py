@@ -26,6 +26,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from rmeeto_export import native
 from rmeeto_export.errors import UserError
 from rmeeto_export.export.onnx_export import INPUT_NAME
 from rmeeto_export.precision import EXPORTED_PRECISIONS, check_precision
@@ -80,15 +81,30 @@ def graph_batch(session: ort.InferenceSession) -> Optional[int]:
     return batch if isinstance(batch, int) else None
 
 
+def session_options(native_ops: bool) -> ort.SessionOptions:
+    """Options with our op library (librmeeto_ort_ops.so) registered when asked for and built; without
+    it the rmeeto nodes run their function bodies (the graphs carry both)."""
+    options = ort.SessionOptions()
+    library = native.ort_ops_library() if native_ops else None
+    if library is not None:
+        try:
+            options.register_custom_ops_library(os.fspath(library))
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own Fail/RuntimeError types
+            raise UserError(f"cannot register {library} with ONNX Runtime: {error}; rebuild it with `make native`") from error
+    return options
+
+
 def run_onnx(
-    onnx_path: Union[str, os.PathLike], images: np.ndarray, batch: Optional[int] = None
+    onnx_path: Union[str, os.PathLike], images: np.ndarray, batch: Optional[int] = None, native_ops: bool = True
 ) -> tuple[np.ndarray, str]:
-    """Logits for `images` (N, 3, H, W) fp32, run batch by batch.
+    """Logits for `images` (N, 3, H, W) fp32, run batch by batch, and the provider.
 
     batch: the size of each run; a static-batch graph runs at its own size (a different `batch` is an
-    error), a dynamic-batch graph at `batch` (default: all images in one run).
+    error), a dynamic-batch graph at `batch` (default: all images in one run). With native_ops the
+    rmeeto nodes run on our op library when it is built (native.py says where it is looked for), else
+    on their function bodies.
     """
-    session = ort.InferenceSession(os.fspath(onnx_path), providers=execution_providers())
+    session = ort.InferenceSession(os.fspath(onnx_path), session_options(native_ops), providers=execution_providers())
     static = graph_batch(session)
     if static is not None and batch not in (None, static):
         raise UserError(f"the ONNX model has a static batch of {static}; it cannot run batches of {batch}")
