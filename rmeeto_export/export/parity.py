@@ -94,6 +94,11 @@ def session_options(native_ops: bool) -> ort.SessionOptions:
     return options
 
 
+def rmeeto_nodes_note() -> str:
+    """What run_onnx runs the rmeeto nodes of a graph on, in a few words for a stage's progress line."""
+    return "rmeeto nodes on the native ops" if native.ort_ops_library() else native.ABSENT_NOTE
+
+
 def run_onnx(
     onnx_path: Union[str, os.PathLike], images: np.ndarray, batch: Optional[int] = None, native_ops: bool = True
 ) -> tuple[np.ndarray, str]:

@@ -209,7 +209,7 @@ def parity_stage(settings: BuildSettings) -> Stage:
 
     def run(context: StageContext) -> StageResult:
         from rmeeto_export.calibration.parity import Int8Tolerance, compare_int8_logits
-        from rmeeto_export.export.parity import compare_logits, run_onnx, torch_logits
+        from rmeeto_export.export.parity import compare_logits, rmeeto_nodes_note, run_onnx, torch_logits
         from rmeeto_export.export.polygraphy_check import save_parity_data
 
         model = context.model
@@ -250,7 +250,7 @@ def parity_stage(settings: BuildSettings) -> Stage:
         agreement = min(result["top1_agreement"] for result in results.values())
         counts = " and ".join(f"{count} {precision} inputs" for precision, count in samples.items())
         return StageResult(note=f"max logit error {worst:.2e} of the logit scale, top-1 agreement {agreement:.0%} "
-                                f"on {counts}", manifest=summary)
+                                f"on {counts}; {rmeeto_nodes_note()}", manifest=summary)
 
     def external(folder: BuildFolder) -> dict[str, Optional[str]]:
         images = {"images": images_fingerprint(settings.calibration.data, folder.digests)} if settings.export.int8 else {}
