@@ -25,6 +25,7 @@ except Exception:  # noqa: BLE001 - its import fails in many ways without CUDA e
 
 # "native": the CPU kernels of plugins_trt/cpu (rmeeto_export.native) for CPU tensors in eager
 # inference, for the scan and the merge; traced/exported models and autograd still go through the ops.
+# "auto" takes them when they are built and the reference ops otherwise.
 SCAN_BACKENDS = ("auto", "reference", "mamba_ssm", "native")
 
 
@@ -176,14 +177,17 @@ def check_scan_backend(backend: str) -> None:
         raise UserError(f"unknown scan backend {backend!r}; choose one of {', '.join(SCAN_BACKENDS)}")
 
 
-def _use_native(*tensors: Optional[Tensor]) -> bool:
-    """The native kernels take eager CPU inference only: a trace must record the op (export), and
-    autograd needs the op's VJP. Raises UserError when they apply but are not built."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or any(t.device.type != "cpu" for t in tensors if t is not None):
+def _use_native(backend: str, *tensors: Optional[Tensor]) -> bool:
+    """Whether `backend` ("auto" or "native") runs these tensors on the native kernels: eager CPU
+    inference only, since a trace must record the op (export) and autograd needs the op's VJP.
+    "native" without the library is a UserError; "auto" then takes the reference."""
+    if backend not in ("auto", "native") or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if any(t.device.type != "cpu" for t in tensors if t is not None):
         return False
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return False
-    if not native.available():
+    if backend == "native" and not native.available():
         raise UserError(f"backend 'native' needs {native.CPU_KERNELS_LIBRARY}: build it with `make native`")
     return native.supports(*tensors)
 
@@ -205,8 +209,9 @@ def selective_scan(
 
     backend "auto" uses mamba-ssm's fused kernels for CUDA tensors when they are installed and
     the ``rmeeto::selective_scan`` op otherwise (the reference, or whatever CUDA kernel is
-    registered for the op, see rmeeto_export.kernels). "reference" always uses the op. "native"
-    uses the native CPU kernels where _use_native allows.
+    registered for the op, see rmeeto_export.kernels), except that for CPU tensors it takes the
+    native CPU kernels when they are built. "reference" always uses the op; "native" the native
+    kernels where _use_native allows.
     """
     check_scan_backend(backend)
     use_mamba = backend == "mamba_ssm" or (backend == "auto" and u.is_cuda and _mamba_selective_scan is not None)
@@ -214,7 +219,7 @@ def selective_scan(
         if _mamba_selective_scan is None:
             raise RuntimeError("scan backend 'mamba_ssm' requested but mamba_ssm's CUDA kernels are not importable")
         return _mamba_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
-    if backend == "native" and _use_native(u, delta, A, B, C, D, z, delta_bias):
+    if _use_native(backend, u, delta, A, B, C, D, z, delta_bias):
         return native.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     return torch.ops.rmeeto.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
@@ -222,8 +227,8 @@ def selective_scan(
 def token_merge(
     hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_index: int, backend: str = "auto"
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One R-MeeTo merge step as the ``rmeeto::token_merge`` op: T tokens in, T - r out; backend
-    "native" runs the native CPU kernel where _use_native allows."""
-    if backend == "native" and _use_native(hidden, residual, size):
+    """One R-MeeTo merge step as the ``rmeeto::token_merge`` op: T tokens in, T - r out; backends
+    "auto" and "native" run the native CPU kernel where _use_native allows."""
+    if _use_native(backend, hidden, residual, size):
         return native.token_merge(hidden, residual, size, r, cls_index)
     return torch.ops.rmeeto.token_merge(hidden, residual, size, r, cls_index)

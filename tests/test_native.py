@@ -1,0 +1,126 @@
+"""The native CPU ops (plugins_trt/cpu through rmeeto_export.native) against the PyTorch references, on
+the shapes and dtypes of the CUDA kernel tests, and the "native" backend of the model's ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rmeeto_export.errors import UserError
+from rmeeto_export.merge.rmeeto import merge_tokens
+from rmeeto_export.models import create_model, ops
+from tests.support.models import TINY_MERGE_R, TINY_VIM
+from tests.support.native_build import native_dir, native_ops  # noqa: F401 - fixtures
+from tests.support.kernel_inputs import (
+    DTYPES,
+    TOLERANCE,
+    assert_close_to_scale,
+    merge_inputs,
+    scan_inputs,
+    tie_free_merge_inputs,
+)
+from tests.test_kernels import GPU_MERGE_CASES, GPU_SCAN_CASES, MERGE_CASES, SCAN_CASES
+
+# The kernel tests' cases, and one full Vim shape of each op (the rest take the CPU reference too long).
+NATIVE_SCAN_CASES = SCAN_CASES + GPU_SCAN_CASES[:1]
+NATIVE_MERGE_CASES = MERGE_CASES + GPU_MERGE_CASES[:1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", NATIVE_SCAN_CASES, ids=lambda c: "b{}_d{}_n{}_l{}_rev{}_sp{}_opt{}".format(*c))
+def test_selective_scan_matches_reference(native_ops, case, dtype):
+    batch, dim, dstate, length, reverse, softplus, optional = case
+    inputs = scan_inputs(batch, dim, dstate, length, optional, dtype, batch * 1000 + length, "cpu", softplus)
+    expected = ops.selective_scan_reference(**inputs, delta_softplus=softplus, reverse=reverse)
+    actual = native_ops.selective_scan(**inputs, delta_softplus=softplus, reverse=reverse, num_threads=2)
+    assert actual.dtype == dtype and actual.shape == inputs["u"].shape
+    # The CUDA kernels' tolerances: same fp32 math in another order (and a polynomial exp, ~1 ulp).
+    assert_close_to_scale(actual, expected, TOLERANCE[dtype])
+
+
+def test_thread_count_does_not_change_the_scan(native_ops):
+    inputs = scan_inputs(3, 100, 16, 76, True, torch.float32, 5, "cpu")
+    one, two = (native_ops.selective_scan(**inputs, num_threads=n) for n in (1, 2))
+    assert torch.equal(one, two)  # channels are independent tasks: no sum depends on the split
+
+
+def test_reverse_scan_is_the_flipped_forward_scan(native_ops):
+    inputs = scan_inputs(2, 96, 16, 197, True, torch.float32, 7, "cpu")
+    flipped = {k: v.flip(-1) if v.dim() == 3 else v for k, v in inputs.items()}
+    backward = native_ops.selective_scan(**inputs, reverse=True)
+    torch.testing.assert_close(backward, native_ops.selective_scan(**flipped).flip(-1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", NATIVE_MERGE_CASES, ids=lambda c: "b{}_t{}_c{}_r{}_cls{}".format(*c))
+def test_token_merge_is_bit_exact_on_tie_free_inputs(native_ops, case, dtype):
+    batch, tokens, channels, r, cls_index = case
+    hidden, residual, size = tie_freemerge_inputs(batch, tokens, channels, dtype, r, cls_index)
+    expected = merge_tokens(hidden, residual, size, r, cls_index)[:3]
+    actual = native_ops.token_merge(hidden, residual, size, r, cls_index, num_threads=2)
+    for got, want in zip(actual, expected):  # same decisions, same order of every sum: same bits
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_token_merge_breaks_exact_ties_like_the_reference(native_ops):
+    hidden = torch.ones(2, 21, 16)  # identical tokens: every score ties, only the index rules decide
+    residual = torch.arange(2 * 21 * 16, dtype=torch.float32).reshape(2, 21, 16)
+    size = torch.ones(2, 21, 1)
+    expected = merge_tokens(hidden, residual, size, 6, 10)[:3]
+    for got, want in zip(native_ops.token_merge(hidden, residual, size, 6, 10), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_nan_tokens_rank_last_like_the_reference(native_ops):
+    hidden, residual, size = merge_inputs(1, 31, 16, torch.float32, 3)
+    hidden[0, 4] = float("nan")  # its scores are NaN, counted as -inf
+    expected = merge_tokens(hidden, residual, size, 5, 15)[:3]
+    for got, want in zip(native_ops.token_merge(hidden, residual, size, 5, 15), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_r_zero_returns_copies(native_ops):
+    hidden, residual, size = merge_inputs(2, 9, 8, torch.float16, 0)
+    for got, given in zip(native_ops.token_merge(hidden, residual, size, 0, 4), (hidden, residual, size)):
+        assert torch.equal(got, given) and got.data_ptr() != given.data_ptr()
+
+
+def test_bad_merge_arguments_are_user_errors(native_ops):
+    hidden, residual, size = merge_inputs(1, 9, 8, torch.float32, 0)
+    with pytest.raises(UserError, match="impossible"):
+        native_ops.token_merge(hidden, residual, size, 5, 4)
+    with pytest.raises(UserError, match="cls_index"):
+        native_ops.token_merge(hidden, residual, size, 1, 9)
+
+
+def test_native_backend_model_matches_the_reference_model(native_ops):
+    reference, fast = (create_model("vim_t", merge_r=TINY_MERGE_R, scan_backend=b, **TINY_VIM).eval() for b in ("reference", "native"))
+    fast.load_state_dict(reference.state_dict())
+    images = torch.randn(2, 3, TINY_VIM["img_size"], TINY_VIM["img_size"])
+    with torch.no_grad():
+        expected, actual = reference(images), fast(images)
+    # fp32 scans in another order through 4 blocks: 1e-5 of the logit scale, as the fp32 parity check.
+    assert_close_to_scale(actual, expected, 1e-5)
+
+
+def test_native_backend_leaves_autograd_and_tracing_to_the_ops(native_ops, monkeypatch):
+    calls = []
+    monkeypatch.setattr(native_ops, "selective_scan", lambda *a, **k: calls.append(1))
+    inputs = scan_inputs(1, 8, 4, 5, True, torch.float32, 1, "cpu")
+    inputs["u"].requires_grad_(True)
+    ops.selective_scan(**inputs, backend="native").sum().backward()  # the op's VJP of the reference
+    assert inputs["u"].grad is not None and not calls
+
+
+def test_native_backend_without_the_library_is_a_user_error(monkeypatch, tmp_path):
+    from rmeeto_export import native
+
+    monkeypatch.setenv(native.DIR_ENV_VAR, str(tmp_path))
+    native._load.cache_clear()
+    try:
+        inputs = scan_inputs(1, 8, 4, 5, True, torch.float32, 1, "cpu")
+        with pytest.raises(UserError, match="make native"):
+            ops.selective_scan(**inputs, backend="native")
+    finally:
+        native._load.cache_clear()
