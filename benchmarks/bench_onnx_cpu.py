@@ -16,7 +16,6 @@ runtime's merged/plain speed-up next to the bound the GFLOPs set (models/complex
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import tempfile
@@ -32,7 +31,7 @@ from rmeeto_export import native
 from rmeeto_export.export import export_onnx
 from rmeeto_export.export.parity import session_options
 from rmeeto_export.models.complexity import model_gflops
-from rmeeto_export.models.vim import Vim, create_model
+from rmeeto_export.models.vim import create_model, with_scan_backend
 
 RUNTIMES = ("torch reference", "torch native", "ort bodies", "ort native")
 
@@ -62,20 +61,13 @@ def ort_session(path: Path, threads: int, native_ops: bool) -> ort.InferenceSess
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def with_backend(model, backend: str):
-    """The same model (weights) with its ops on `backend`."""
-    twin = Vim(dataclasses.replace(model.cfg, scan_backend=backend), model.schedule).eval()
-    twin.load_state_dict(model.state_dict())
-    return twin
-
-
 def runs_of(model, path: Path, images: torch.Tensor, threads: int) -> dict[str, Callable[[], object]]:
     """One callable per runtime, each a forward pass on `images`."""
     feed = {"images": images.numpy()}
     sessions = {name: ort_session(path, threads, native_ops) for name, native_ops in (("ort bodies", False), ("ort native", True))}
 
     def torch_run(backend: str) -> Callable[[], object]:
-        twin = with_backend(model, backend)
+        twin = with_scan_backend(model, backend)
 
         def run():
             with torch.no_grad():

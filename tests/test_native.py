@@ -9,6 +9,7 @@ import torch
 from rmeeto_export.errors import UserError
 from rmeeto_export.merge.rmeeto import merge_tokens
 from rmeeto_export.models import create_model, ops
+from rmeeto_export.models.vim import with_scan_backend
 from tests.support.models import TINY_MERGE_R, TINY_VIM
 from tests.support.native_build import native_dir, native_ops  # noqa: F401 - fixtures
 from tests.support.kernel_inputs import (
@@ -95,8 +96,8 @@ def test_bad_merge_arguments_are_user_errors(native_ops):
 
 
 def test_native_backend_model_matches_the_reference_model(native_ops):
-    reference, fast = (create_model("vim_t", merge_r=TINY_MERGE_R, scan_backend=b, **TINY_VIM).eval() for b in ("reference", "native"))
-    fast.load_state_dict(reference.state_dict())
+    reference = create_model("vim_t", merge_r=TINY_MERGE_R, scan_backend="reference", **TINY_VIM).eval()
+    fast = with_scan_backend(reference, "native")
     images = torch.randn(2, 3, TINY_VIM["img_size"], TINY_VIM["img_size"])
     with torch.no_grad():
         expected, actual = reference(images), fast(images)

@@ -329,3 +329,10 @@ def create_model(
     elif merge_r is not None:
         schedule = schedule_from_r(cfg.depth, cfg.num_tokens, cfg.cls_index, merge_r)
     return Vim(cfg, schedule)
+
+
+def with_scan_backend(model: Vim, backend: str) -> Vim:
+    """The same weights and schedule with the scan and merge on `backend` (ops.SCAN_BACKENDS), in eval mode."""
+    twin = Vim(replace(model.cfg, scan_backend=backend), model.schedule).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin
