@@ -1,9 +1,10 @@
-// Selective scan forward on the CPU: one task per (batch, channel), the state recurrence vectorised over
-// d_state. Semantics are those of rmeeto_selective_scan_fwd (kernels/rmeeto_kernels.h).
+// Selective scan forward on the CPU: one task per (sample, block of kLanes channels), the channels of a
+// block scanned side by side in vector lanes. Semantics are those of rmeeto_selective_scan_fwd (kernels/rmeeto_kernels.h).
+#include <algorithm>
 #include <vector>
 
 #include "cpu_common.h"
-#include "scan_channel.h"
+#include "scan_block.h"
 
 namespace rmeeto_cpu
 {
@@ -28,29 +29,41 @@ void transposeToTimeMajor(const T* x, int32_t dstate, int32_t seqlen, float* xt)
             xt[static_cast<size_t>(t) * dstate + n] = toFloat(x[static_cast<size_t>(n) * seqlen + t]);
 }
 
+// Scans channels d0 .. d0 + kLanes - 1 of sample b (lanes past the last channel scan zeros and are
+// dropped): gathers them lane-minor in fp32, scans, scatters the outputs back in T.
 template <typename T>
-void toFloats(const T* x, int32_t count, float* out)
+void scanChannelBlock(const ScanArgs<T>& a, int32_t b, int32_t d0, const float* Bt, const float* Ct)
 {
-    for (int32_t i = 0; i < count; ++i)
-        out[i] = toFloat(x[i]);
-}
-
-template <typename T>
-void scanChannel(const ScanArgs<T>& a, int32_t b, int32_t d, const float* Bt, const float* Ct)
-{
-    const size_t row = (static_cast<size_t>(b) * a.dim + d) * a.seqlen;
-    const int32_t L = a.seqlen;
-    std::vector<float> buffer(5 * static_cast<size_t>(L) + 2 * a.dstate); // delta, u, z, y, scratch
-    float *delta = buffer.data(), *u = delta + L, *z = u + L, *y = z + L, *scratch = y + L;
-    toFloats(a.delta + row, L, delta);
-    toFloats(a.u + row, L, u);
-    if (a.z)
-        toFloats(a.z + row, L, z);
-    const ChannelScan channel{a.dstate, L, a.reverse, a.deltaSoftplus, a.A + static_cast<size_t>(d) * a.dstate, Bt, Ct,
-        a.D ? a.D + d : nullptr, a.deltaBias ? a.deltaBias[d] : 0.0f, u, a.z ? z : nullptr, delta, scratch, y};
-    scanChannelForThisCpu()(channel);
-    for (int32_t t = 0; t < L; ++t)
-        a.out[row + t] = fromFloat<T>(y[t]);
+    constexpr int W = kLanes;
+    const size_t L = static_cast<size_t>(a.seqlen), N = static_cast<size_t>(a.dstate);
+    std::vector<float> buffer((5 * L + 2 * N + 2) * W); // delta, u, z, y, scratch (L + N), A (N), bias, D
+    float *delta = buffer.data(), *u = delta + L * W, *z = u + L * W, *y = z + L * W, *scratch = y + L * W;
+    float *A = scratch + (L + N) * W, *bias = A + N * W, *D = bias + W;
+    const int32_t lanes = std::min(W, a.dim - d0);
+    for (int32_t lane = 0; lane < lanes; ++lane)
+    {
+        const int32_t d = d0 + lane;
+        const size_t row = (static_cast<size_t>(b) * a.dim + d) * L;
+        for (size_t t = 0; t < L; ++t)
+        {
+            delta[t * W + lane] = toFloat(a.delta[row + t]);
+            u[t * W + lane] = toFloat(a.u[row + t]);
+            z[t * W + lane] = a.z ? toFloat(a.z[row + t]) : 0.0f;
+        }
+        for (size_t n = 0; n < N; ++n)
+            A[n * W + lane] = a.A[d * N + n];
+        bias[lane] = a.deltaBias ? a.deltaBias[d] : 0.0f;
+        D[lane] = a.D ? a.D[d] : 0.0f;
+    }
+    const ChannelBlock block{a.dstate, a.seqlen, a.reverse, a.deltaSoftplus, A, Bt, Ct, a.D ? D : nullptr, bias, u,
+        a.z ? z : nullptr, delta, scratch, y};
+    scanBlockForThisCpu()(block);
+    for (int32_t lane = 0; lane < lanes; ++lane)
+    {
+        const size_t row = (static_cast<size_t>(b) * a.dim + d0 + lane) * L;
+        for (size_t t = 0; t < L; ++t)
+            a.out[row + t] = fromFloat<T>(y[t * W + lane]);
+    }
 }
 
 template <typename T>
@@ -62,9 +75,11 @@ void scan(const ScanArgs<T>& a, const rmeeto_cpu_threads_t* threads)
         transposeToTimeMajor(a.B + b * perBatch, a.dstate, a.seqlen, Bt.data() + b * perBatch);
         transposeToTimeMajor(a.C + b * perBatch, a.dstate, a.seqlen, Ct.data() + b * perBatch);
     });
-    parallelFor(threads, static_cast<size_t>(a.batch) * a.dim, [&](size_t task) {
-        const int32_t b = static_cast<int32_t>(task / a.dim);
-        scanChannel(a, b, static_cast<int32_t>(task % a.dim), Bt.data() + b * perBatch, Ct.data() + b * perBatch);
+    const size_t blocks = (a.dim + kLanes - 1) / kLanes;
+    parallelFor(threads, a.batch * blocks, [&](size_t task) {
+        const size_t b = task / blocks;
+        scanChannelBlock(a, static_cast<int32_t>(b), static_cast<int32_t>(task % blocks * kLanes),
+            Bt.data() + b * perBatch, Ct.data() + b * perBatch);
     });
 }
 

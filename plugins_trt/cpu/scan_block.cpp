@@ -1,0 +1,164 @@
+// The selective scan of a block of channels in fp32, compiled once per instruction set (CMakeLists.txt: baseline,
+// and AVX2 + FMA on x86-64) and picked at run time (scan_block.h). Every loop here is written to be
+// vectorised, exp and log included (libm's are one call per element). Everything has internal linkage
+// except the entry point, so no AVX2 code can stand in for a baseline symbol.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "scan_block.h"
+
+namespace rmeeto_cpu
+{
+namespace RMEETO_SCAN_VARIANT
+{
+namespace
+{
+
+float floatFromBits(uint32_t bits)
+{
+    float x;
+    std::memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+constexpr float kLn2High = 0.693359375f; // ln 2 in two parts: k * kLn2High is exact for |k| < 2^9
+constexpr float kLn2Low = -2.12194440e-4f;
+constexpr float kMinExpArgument = -87.3365478515625f;
+constexpr float kMaxExpArgument = 88.3762626647949f;
+constexpr float kRoundingShift = 12582912.0f; // 1.5 * 2^23: adding it rounds to an integer
+
+// exp(x): x = k ln2 + f, |f| <= ln2 / 2, exp(f) by Cephes' expf polynomial, 2^k into the exponent bits.
+// About 1 ulp; 0 below -87.3 (where expf is subnormal), inf above 88.37 (expf is finite up to 88.72).
+__attribute__((always_inline)) inline float expVectorisable(float x)
+{
+    const float clamped = x < kMinExpArgument ? kMinExpArgument : (x > kMaxExpArgument ? kMaxExpArgument : x);
+    const float k = (clamped * 1.44269504088896341f + kRoundingShift) - kRoundingShift;
+    const float f = (clamped - k * kLn2High) - k * kLn2Low;
+    float p = 1.9875691500e-4f;
+    p = p * f + 1.3981999507e-3f;
+    p = p * f + 8.3334519073e-3f;
+    p = p * f + 4.1665795894e-2f;
+    p = p * f + 1.6666665459e-1f;
+    p = p * f + 5.0000001201e-1f;
+    const float result = ((p * f) * f + f + 1.0f) * floatFromBits(static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23);
+    const float belowRange = x < kMinExpArgument ? 0.0f : result; // selects, not branches: loops vectorise
+    return x > kMaxExpArgument ? std::numeric_limits<float>::infinity() : belowRange; // NaN stays NaN
+}
+
+// log(w) for w in [1, 2]: w = m 2^e with m in [sqrt(1/2), sqrt(2)], log(m) by Cephes' logf polynomial.
+__attribute__((always_inline)) inline float logOneToTwo(float w)
+{
+    const bool halve = w > 1.41421356f;
+    const float e = halve ? 1.0f : 0.0f;
+    const float x = (halve ? w * 0.5f : w) - 1.0f;
+    const float z = x * x;
+    float p = 7.0376836292e-2f;
+    p = p * x - 1.1514610310e-1f;
+    p = p * x + 1.1676998740e-1f;
+    p = p * x - 1.2420140846e-1f;
+    p = p * x + 1.4249322787e-1f;
+    p = p * x - 1.6668057665e-1f;
+    p = p * x + 2.0000714765e-1f;
+    p = p * x - 2.4999993993e-1f;
+    p = p * x + 3.3333331174e-1f;
+    const float y = p * x * z + e * kLn2Low - 0.5f * z;
+    return x + y + e * kLn2High;
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)), and x itself above torch's threshold 20. log1p(e) for e in
+// (0, 1] as log(1 + e) * e / ((1 + e) - 1), which cancels the rounding of 1 + e.
+__attribute__((always_inline)) inline float softplus(float x)
+{
+    const float e = expVectorisable(x < 0.0f ? x : -x);
+    const float w = 1.0f + e;
+    const float log1pE = w == 1.0f ? e : logOneToTwo(w) * e / (w - 1.0f);
+    return x > 20.0f ? x : (x > 0.0f ? x : 0.0f) + log1pE;
+}
+
+// kLanes fp32 values as one GCC/Clang vector: AVX2 makes it one register, SSE two.
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t IntLanes __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+Lanes load(const float* p)
+{
+    Lanes v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+void store(float* p, Lanes v)
+{
+    std::memcpy(p, &v, sizeof v);
+}
+
+// expVectorisable lane by lane, written on vectors so that no compiler heuristic can keep it scalar.
+Lanes expLanes(Lanes x)
+{
+    const Lanes zero = {}, minArgument = zero + kMinExpArgument, maxArgument = zero + kMaxExpArgument;
+    const Lanes clamped = x < minArgument ? minArgument : (x > maxArgument ? maxArgument : x);
+    const Lanes k = (clamped * 1.44269504088896341f + kRoundingShift) - kRoundingShift;
+    const Lanes f = (clamped - k * kLn2High) - k * kLn2Low;
+    Lanes p = zero + 1.9875691500e-4f;
+    p = p * f + 1.3981999507e-3f;
+    p = p * f + 8.3334519073e-3f;
+    p = p * f + 4.1665795894e-2f;
+    p = p * f + 1.6666665459e-1f;
+    p = p * f + 5.0000001201e-1f;
+    const IntLanes exponent = (__builtin_convertvector(k, IntLanes) + 127) << 23;
+    const Lanes result = ((p * f) * f + f + 1.0f) * __builtin_bit_cast(Lanes, exponent);
+    const Lanes belowRange = x < minArgument ? zero : result;
+    return x > maxArgument ? zero + std::numeric_limits<float>::infinity() : belowRange;
+}
+
+} // namespace
+
+void scanBlock(const ChannelBlock& c)
+{
+    constexpr int W = kLanes;
+    const int L = c.seqlen, N = c.dstate;
+    float* __restrict dt = c.delta;
+    float* __restrict dtu = c.scratch;
+    float* __restrict h = dtu + static_cast<size_t>(L) * W;
+    const float* __restrict u = c.u;
+    for (int t = 0; t < L; ++t)
+        for (int lane = 0; lane < W; ++lane)
+        {
+            const int i = t * W + lane;
+            const float step = dt[i] + c.deltaBias[lane];
+            dt[i] = c.deltaSoftplus ? softplus(step) : step;
+            dtu[i] = dt[i] * u[i];
+        }
+    for (int i = 0; i < N * W; ++i)
+        h[i] = 0.0f;
+    const float* __restrict A = c.A;
+    float* __restrict y = c.y;
+    for (int step = 0; step < L; ++step)
+    {
+        const int t = c.reverse ? L - 1 - step : step;
+        const Lanes dtT = load(dt + t * W), dtuT = load(dtu + t * W);
+        const float* __restrict bT = c.Bt + static_cast<size_t>(t) * N;
+        const float* __restrict cT = c.Ct + static_cast<size_t>(t) * N;
+        Lanes yT = {};
+        for (int n = 0; n < N; ++n) // y sums over n in order, lane by lane
+        {
+            const Lanes state = expLanes(dtT * load(A + n * W)) * load(h + n * W) + dtuT * bT[n];
+            store(h + n * W, state);
+            yT += state * cT[n];
+        }
+        store(y + t * W, yT);
+    }
+    for (int t = 0; t < L; ++t)
+        for (int lane = 0; lane < W; ++lane)
+        {
+            const int i = t * W + lane;
+            if (c.D)
+                y[i] += c.D[lane] * u[i];
+            if (c.z)
+                y[i] *= c.z[i] / (1.0f + expVectorisable(-c.z[i])); // SiLU
+        }
+}
+
+} // namespace RMEETO_SCAN_VARIANT
+} // namespace rmeeto_cpu
