@@ -75,6 +75,26 @@ def test_kernels_library_builds_for_default_architectures(default_build):
 
 
 @pytest.mark.slow
+@needs_toolchain
+def test_onnxruntime_op_library_builds_with_the_cuda_ops(default_build):
+    """librmeeto_ort_ops.so as plugins_trt builds it: the CPU ops plus the CUDA execution provider's, on
+    the kernels just built. Here it is compiled, linked and registered in a CPU session; the CUDA ops
+    themselves need onnxruntime-gpu and a GPU."""
+    import onnxruntime as ort
+
+    configured = (default_build / "CMakeCache.txt").read_text()
+    if "ONNXRUNTIME_INCLUDE_DIR:PATH=ONNXRUNTIME_INCLUDE_DIR-NOTFOUND" in configured:
+        pytest.skip("ONNX Runtime headers not found: `make native` fetches them into build/ort-headers")
+    subprocess.run(["cmake", "--build", str(default_build), "--target", "rmeeto_ort_ops", "-j", "2"], check=True, capture_output=True)
+    flags = (default_build / "cpu" / "ort" / "CMakeFiles" / "rmeeto_ort_ops.dir" / "flags.make").read_text()
+    assert "RMEETO_ORT_WITH_CUDA" in flags
+    library = default_build / "librmeeto_ort_ops.so"
+    needed = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True).stdout
+    assert kernels.LIBRARY_NAME in needed and "librmeeto_cpu_kernels.so" in needed
+    ort.SessionOptions().register_custom_ops_library(str(library))  # RegisterCustomOps with both providers
+
+
+@pytest.mark.slow
 @pytest.mark.trt
 @needs_toolchain
 def test_plugin_library_builds_a_tensorrt_rtx_engine(tmp_path):

@@ -56,7 +56,7 @@ def test_reverse_scan_is_the_flipped_forward_scan(native_ops):
 @pytest.mark.parametrize("case", NATIVE_MERGE_CASES, ids=lambda c: "b{}_t{}_c{}_r{}_cls{}".format(*c))
 def test_token_merge_is_bit_exact_on_tie_free_inputs(native_ops, case, dtype):
     batch, tokens, channels, r, cls_index = case
-    hidden, residual, size = tie_freemerge_inputs(batch, tokens, channels, dtype, r, cls_index)
+    hidden, residual, size = tie_free_merge_inputs(batch, tokens, channels, dtype, r, cls_index)
     expected = merge_tokens(hidden, residual, size, r, cls_index)[:3]
     actual = native_ops.token_merge(hidden, residual, size, r, cls_index, num_threads=2)
     for got, want in zip(actual, expected):  # same decisions, same order of every sum: same bits
