@@ -27,10 +27,15 @@ bench: $(STAMP)
 # The native CPU ops (librmeeto_cpu_kernels.so) and the ONNX Runtime op library over them
 # (librmeeto_ort_ops.so, when ONNX Runtime's headers can be had), no CUDA needed; see plugins_trt/cpu.
 ORT_HEADERS := build/ort-headers
+# Without cmake or a C++ compiler it says so and everything runs on the references and function bodies.
 native:
-	plugins_trt/cpu/ort/fetch_headers.sh $(ORT_HEADERS)
-	cmake -S plugins_trt/cpu -B build/native -DONNXRUNTIME_INCLUDE_DIR=$(abspath $(ORT_HEADERS))/usr/include/onnxruntime > /dev/null
-	cmake --build build/native -j2
+	@if ! command -v cmake > /dev/null || ! command -v c++ > /dev/null; then \
+	  echo "note: no cmake or C++ compiler: native CPU ops not built (PyTorch references and ONNX function bodies run instead)"; \
+	else \
+	  plugins_trt/cpu/ort/fetch_headers.sh $(ORT_HEADERS) && \
+	  cmake -S plugins_trt/cpu -B build/native -DONNXRUNTIME_INCLUDE_DIR=$(abspath $(ORT_HEADERS))/usr/include/onnxruntime > /dev/null && \
+	  cmake --build build/native -j2; \
+	fi
 
 # CUDA kernels always; the TensorRT plugin library when TensorRT is found (TENSORRT_ROOT, JetPack, pip).
 plugins: $(STAMP)
