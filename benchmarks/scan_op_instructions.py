@@ -1,0 +1,86 @@
+"""Instructions one rmeeto::SelectiveScan node costs in ONNX Runtime, function body vs librmeeto_ort_ops.so,
+counted by valgrind's callgrind: a figure that, unlike a wall time, does not move with the load of a
+shared machine.
+
+    make native && python benchmarks/scan_op_instructions.py          # vim_s width, 136 steps (needs valgrind and a C++ compiler)
+
+The node has a merged vim_s block's shape (batch 1, 768 channels, d_state 16, 136 tokens: the mean of
+197 - 11 * floor(l / 2) over the 24 blocks) and random inputs. Each configuration runs under callgrind
+twice, with 1 and with 3 inferences after a warm-up one, in a small C++ runner (ort_node_runs.cpp,
+no Python start-up to wade through); half the difference is one inference, so start-up and session
+creation cancel out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+BATCH, CHANNELS, DSTATE, STEPS = 1, 768, 16, 136
+ORT_HEADERS = Path(__file__).resolve().parents[1] / "build" / "ort-headers" / "usr" / "include" / "onnxruntime"
+
+
+def write_model(path: Path) -> None:
+    """A one-node graph: SelectiveScan with its function body, as export writes it."""
+    from onnx import TensorProto, helper, save
+
+    from rmeeto_export.contracts import DOMAIN
+    from rmeeto_export.export.functions import ONNX_OPSET, custom_functions
+
+    shapes = {"u": (BATCH, CHANNELS, STEPS), "delta": (BATCH, CHANNELS, STEPS), "A": (CHANNELS, DSTATE),
+              "B": (BATCH, DSTATE, STEPS), "C": (BATCH, DSTATE, STEPS), "D": (CHANNELS,),
+              "z": (BATCH, CHANNELS, STEPS), "delta_bias": (CHANNELS,)}  # fmt: skip
+    node = helper.make_node("SelectiveScan", list(shapes), ["y"], domain=DOMAIN, delta_softplus=1, reverse=0)
+    graph = helper.make_graph(
+        [node], "scan",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in shapes.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shapes["u"])],
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid(DOMAIN, 1)]
+    save(helper.make_model(graph, opset_imports=opsets, functions=custom_functions()), str(path))
+
+
+def build_runner(folder: Path) -> Path:
+    """ort_node_runs.cpp compiled against the ONNX Runtime headers of `make native` and this
+    interpreter's onnxruntime library."""
+    import onnxruntime
+
+    capi = Path(onnxruntime.__file__).parent / "capi"
+    library = next(capi.glob("libonnxruntime.so.*"))
+    (folder / "libonnxruntime.so.1").symlink_to(library)  # the soname the runner links
+    runner = folder / "ort_node_runs"
+    subprocess.run(["c++", "-O2", "-std=c++17", f"-I{ORT_HEADERS}", str(Path(__file__).with_name("ort_node_runs.cpp")),
+                    str(library), f"-Wl,-rpath,{folder}", "-o", str(runner)], check=True)  # fmt: skip
+    return runner
+
+
+def instructions(runner: Path, model: Path, runs: int, library: str) -> int:
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(runner), str(model), str(runs)]
+    output = subprocess.run(command + ([library] if library else []), capture_output=True, text=True, check=True).stderr
+    return int(re.search(r"Collected : (\d+)", output).group(1))
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    from rmeeto_export import native
+
+    library = native.ort_ops_library()
+    if library is None:
+        raise SystemExit(f"error: {native.ABSENT_NOTE}")
+    with tempfile.TemporaryDirectory() as folder:
+        model = Path(folder) / "scan.onnx"
+        write_model(model)
+        runner = build_runner(Path(folder))
+        print(f"SelectiveScan ({BATCH}, {CHANNELS}, {DSTATE}, {STEPS}), 1 thread, instructions per inference:")
+        per_run = {}
+        for name, lib in (("function body", ""), ("librmeeto_ort_ops", str(library))):
+            per_run[name] = (instructions(runner, model, 3, lib) - instructions(runner, model, 1, lib)) // 2
+            print(f"  {name:<18} {per_run[name]:>14,}")
+        print(f"  ratio              {per_run['function body'] / per_run['librmeeto_ort_ops']:>14.2f}x")
+
+
+if __name__ == "__main__":
+    main()
