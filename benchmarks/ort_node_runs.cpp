@@ -1,7 +1,9 @@
 // Runs an ONNX model in ONNX Runtime (C++ API, one thread) 1 + N times on random fp32 inputs, optionally
 // with librmeeto_ort_ops.so registered: the process benchmarks/scan_op_instructions.py counts under
-// callgrind, free of Python's start-up. Usage: ort_node_runs MODEL RUNS [LIBRARY]
+// callgrind. Only the N runs after the warm-up one are instrumented (callgrind's client requests),
+// so start-up and session creation do not count. Usage: ort_node_runs MODEL RUNS [LIBRARY]
 #include <onnxruntime_cxx_api.h>
+#include <valgrind/callgrind.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -44,7 +46,13 @@ int main(int argc, char** argv)
         inputNames.push_back(name.c_str());
     const std::string output = session.GetOutputNameAllocated(0, allocator).get();
     const char* outputName = output.c_str();
-    for (int run = 0; run <= std::atoi(argv[2]); ++run)
+    const auto run = [&] {
         session.Run(Ort::RunOptions{nullptr}, inputNames.data(), inputs.data(), inputs.size(), &outputName, 1);
+    };
+    run(); // warm-up: first-run allocations
+    CALLGRIND_START_INSTRUMENTATION;
+    for (int i = 0; i < std::atoi(argv[2]); ++i)
+        run();
+    CALLGRIND_STOP_INSTRUMENTATION;
     return 0;
 }

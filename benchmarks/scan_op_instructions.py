@@ -5,10 +5,8 @@ shared machine.
     make native && python benchmarks/scan_op_instructions.py          # vim_s width, 136 steps (needs valgrind and a C++ compiler)
 
 The node has a merged vim_s block's shape (batch 1, 768 channels, d_state 16, 136 tokens: the mean of
-197 - 11 * floor(l / 2) over the 24 blocks) and random inputs. Each configuration runs under callgrind
-twice, with 1 and with 3 inferences after a warm-up one, in a small C++ runner (ort_node_runs.cpp,
-no Python start-up to wade through); half the difference is one inference, so start-up and session
-creation cancel out.
+197 - 11 * floor(l / 2) over the 24 blocks) and random inputs. Each configuration runs in a small C++
+runner (ort_node_runs.cpp) under callgrind, which counts only its 3 inferences after a warm-up one.
 """
 
 from __future__ import annotations
@@ -57,10 +55,11 @@ def build_runner(folder: Path) -> Path:
     return runner
 
 
-def instructions(runner: Path, model: Path, runs: int, library: str) -> int:
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(runner), str(model), str(runs)]
-    output = subprocess.run(command + ([library] if library else []), capture_output=True, text=True, check=True).stderr
-    return int(re.search(r"Collected : (\d+)", output).group(1))
+def instructions_per_run(runner: Path, model: Path, library: str, runs: int = 3) -> int:
+    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
+               str(runner), str(model), str(runs)] + ([library] if library else [])  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    return int(re.search(r"Collected : (\d+)", output).group(1)) // runs
 
 
 def main() -> None:
@@ -77,7 +76,7 @@ def main() -> None:
         print(f"SelectiveScan ({BATCH}, {CHANNELS}, {DSTATE}, {STEPS}), 1 thread, instructions per inference:")
         per_run = {}
         for name, lib in (("function body", ""), ("librmeeto_ort_ops", str(library))):
-            per_run[name] = (instructions(runner, model, 3, lib) - instructions(runner, model, 1, lib)) // 2
+            per_run[name] = instructions_per_run(runner, model, lib)
             print(f"  {name:<18} {per_run[name]:>14,}")
         print(f"  ratio              {per_run['function body'] / per_run['librmeeto_ort_ops']:>14.2f}x")
 
