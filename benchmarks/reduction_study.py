@@ -29,7 +29,6 @@ import dataclasses
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package: reuse the demo's training setup
@@ -70,7 +69,6 @@ def run_seed(work: Path, seed: int, args: argparse.Namespace) -> dict:
     overrides = {**demo.MODEL_OVERRIDES, "patch_size": args.patch_size}
     model = ModelSettings(name=demo.MODEL, seed=seed, overrides=overrides)
     common = dict(data=str(data), batch_size=args.batch_size, workers=0, log_every=10**9, **demo.DIGIT_AUGMENT)
-    started = time.perf_counter()
     scratch = demo.run_cached(RetrainConfig(model, RetrainSettings(
         **common, epochs=args.scratch_epochs, lr=args.scratch_lr, distill_weight=0.0, drop_path=0.0, mixup=0.0,
         cutmix=0.0), out=str(work / "scratch")))
@@ -91,7 +89,6 @@ def run_seed(work: Path, seed: int, args: argparse.Namespace) -> dict:
         "scratch_curve": scratch_curve,
         "plateau": [min(scratch_curve[-PLATEAU_EPOCHS:]), max(scratch_curve[-PLATEAU_EPOCHS:])],
         "runs": runs,
-        "seconds": time.perf_counter() - started,
     }
 
 
@@ -113,7 +110,6 @@ def table(results: list[dict]) -> str:
         run = results[0]["runs"][name]
         cells = [mean_spread([r["runs"][name]["top1_per_epoch"][e] for r in results]) for e in range(epochs + 1)]
         lines.append(f"| {name} | {run['work_removed']:.1%} | {run['gflops'] * 1e3:.2f} | " + " | ".join(cells) + " |")
-    lines += ["", "Seconds per seed: " + ", ".join(f"{r['seconds']:.0f}" for r in results)]
     return "\n".join(lines) + "\n"
 
 
