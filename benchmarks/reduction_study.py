@@ -18,7 +18,7 @@ Output in --work: seed<N>/results.json per seed, and for every seed found there,
 study.png (mean and spread per epoch). A seed whose runs are all in --work is only read back.
 
 Threads: the script sets none; on a shared machine run it with OMP_NUM_THREADS=1 (and nice).
-Run: python benchmarks/reduction_study.py --work DIR [--seeds 0 1 2] [--ratio 0.31] [--scratch-epochs 12] [--retrain-epochs 3] [--patch-size 8]
+Run: python benchmarks/reduction_study.py --work DIR [--seeds 0 1 2] [--ratio 0.31] [--scratch-epochs 12] [--retrain-epochs 2] [--patch-size 8]
 Needs scikit-learn and matplotlib: pip install -e '.[bench]'.
 """
 
@@ -129,6 +129,7 @@ def plot(results: list[dict], path: Path) -> None:
         axes.fill_between(epochs, [m - s for m, s in zip(means, spreads)], [m + s for m, s in zip(means, spreads)],
                           color=line.get_color(), alpha=0.2)
     axes.axhline(statistics.mean(r["unreduced"] for r in results), color="black", linestyle="--", label="unreduced")
+    axes.set_xticks(list(epochs))
     axes.set_xlabel("re-training epochs (0: reduced, not re-trained)")
     axes.set_ylabel("val top-1 (%)")
     axes.set_title(f"Vim on digits, {len(results)} seed(s): mean ± std")
@@ -144,7 +145,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ratio", type=float, default=0.31, help="fraction of token-layer work removed")
     parser.add_argument("--scratch-epochs", type=int, default=12)
-    parser.add_argument("--retrain-epochs", type=int, default=3)
+    parser.add_argument("--retrain-epochs", type=int, default=2)
     parser.add_argument("--scratch-lr", type=float, default=6.4e-2, help="at batch 512, scaled like the recipe's")
     parser.add_argument("--retrain-lr", type=float, default=3.2e-2, help="at batch 512, scaled like the recipe's")
     parser.add_argument("--batch-size", type=int, default=16)
