@@ -19,7 +19,7 @@ study.png (mean and spread per epoch). A seed whose runs are all in --work is on
 
 Threads: the script sets none; on a shared machine run it with OMP_NUM_THREADS=1 (and nice).
 Run: python benchmarks/reduction_study.py --work DIR [--seeds 0 1 2] [--ratio 0.31] [--scratch-epochs 12] [--retrain-epochs 2] [--patch-size 8]
-Needs scikit-learn and matplotlib: pip install -e '.[bench]'.
+Needs scikit-learn and matplotlib: pip install -e '.[dev]' (make install does).
 """
 
 from __future__ import annotations
