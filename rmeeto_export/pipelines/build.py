@@ -270,8 +270,11 @@ def _parity_summary(result: dict) -> dict:
             "top1_agreement": result["top1_agreement"]}
 
 
+REDUCED_LABELS = {"merge": "merged", "prune": "pruned"}  # what the figures call the reduced model, per --method
+
+
 def figures_stage(settings: BuildSettings) -> Stage:
-    """The report's PNG figures: tokens and GFLOPs per block, plain vs merged; parity error per input and graph."""
+    """The report's PNG figures: tokens and GFLOPs per block, plain vs reduced; parity error per input and graph."""
 
     def run(context: StageContext) -> StageResult:
         from rmeeto_export.models.complexity import block_gflops
@@ -281,10 +284,12 @@ def figures_stage(settings: BuildSettings) -> Stage:
         if plt is None:
             return StageResult(status="skipped", note=figures.MISSING_MATPLOTLIB)
         model = shapes_only_model(settings)
-        cfg, merged = model.cfg, list(model.schedule.tokens_per_block)
+        cfg, reduced = model.cfg, list(model.schedule.tokens_per_block)
+        label = REDUCED_LABELS[settings.model.method]
         plain = [cfg.num_tokens] * cfg.depth
-        figures.tokens_figure(plt, plain, merged, model.schedule.summary(), context.output(files.TOKENS_FIGURE))
-        figures.gflops_figure(plt, block_gflops(cfg, plain), block_gflops(cfg, merged), context.output(files.GFLOPS_FIGURE))
+        figures.tokens_figure(plt, plain, reduced, label, model.schedule.summary(), context.output(files.TOKENS_FIGURE))
+        figures.gflops_figure(plt, block_gflops(cfg, plain), block_gflops(cfg, reduced), label,
+                              context.output(files.GFLOPS_FIGURE))
         written = [files.TOKENS_FIGURE, files.GFLOPS_FIGURE]
         errors, limits = figures.parity_errors(json.loads(context.input(files.PARITY).read_text()))
         if errors:

@@ -1,7 +1,7 @@
 """The build report's figures as PNG files (matplotlib, the `report` extra).
 
-tokens per block and GFLOPs per block, plain against merged (what the merge schedule removes, block
-by block), and the parity error of every input image for every graph checked (how far each graph
+tokens per block and GFLOPs per block, plain against reduced (what the merge or prune schedule removes,
+block by block), and the parity error of every input image for every graph checked (how far each graph
 is from PyTorch, against its tolerance). Each figure is a pure function of its numbers.
 """
 
@@ -33,14 +33,15 @@ def _save(plt, figure, path: Path) -> Path:
     return path
 
 
-def _plain_vs_merged(plt, plain: list[float], merged: list[float], ylabel: str, title: str, path: Path,
-                     number_format: str) -> Path:
+def _plain_vs_reduced(plt, plain: list[float], reduced: list[float], reduced_label: str, ylabel: str, title: str,
+                      path: Path, number_format: str) -> Path:
     blocks = list(range(1, len(plain) + 1))
     figure, axes = plt.subplots(figsize=(8, 3.6))
     width = 0.4
     axes.bar([b - width / 2 for b in blocks], plain, width, label=f"plain (total {sum(plain):{number_format}})",
              color="#9aa5b1")
-    axes.bar([b + width / 2 for b in blocks], merged, width, label=f"merged (total {sum(merged):{number_format}})",
+    axes.bar([b + width / 2 for b in blocks], reduced, width,
+             label=f"{reduced_label} (total {sum(reduced):{number_format}})",
              color="#1f77b4")
     axes.set_xlabel("block")
     axes.set_ylabel(ylabel)
@@ -51,12 +52,13 @@ def _plain_vs_merged(plt, plain: list[float], merged: list[float], ylabel: str, 
     return _save(plt, figure, path)
 
 
-def tokens_figure(plt, plain: list[int], merged: list[int], schedule_summary: str, path: Path) -> Path:
-    return _plain_vs_merged(plt, plain, merged, "tokens", f"Tokens per block ({schedule_summary})", path, "d")
+def tokens_figure(plt, plain: list[int], reduced: list[int], reduced_label: str, schedule_summary: str,
+                  path: Path) -> Path:
+    return _plain_vs_reduced(plt, plain, reduced, reduced_label, "tokens", f"Tokens per block ({schedule_summary})", path, "d")
 
 
-def gflops_figure(plt, plain: list[float], merged: list[float], path: Path) -> Path:
-    return _plain_vs_merged(plt, plain, merged, "GFLOPs", "GFLOPs per block (token layers)", path, ".4g")
+def gflops_figure(plt, plain: list[float], reduced: list[float], reduced_label: str, path: Path) -> Path:
+    return _plain_vs_reduced(plt, plain, reduced, reduced_label, "GFLOPs", "GFLOPs per block (token layers)", path, ".4g")
 
 
 def parity_figure(plt, errors: dict[str, list[float]], limits: dict[str, float], path: Path) -> Path:
