@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from rmeeto_export.contracts import SELECTIVE_SCAN
 from rmeeto_export.errors import UserError
 
 DIR_ENV_VAR = "RMEETO_NATIVE_DIR"
@@ -115,8 +116,8 @@ def selective_scan(
     D: Optional[Tensor] = None,
     z: Optional[Tensor] = None,
     delta_bias: Optional[Tensor] = None,
-    delta_softplus: bool = True,
-    reverse: bool = False,
+    delta_softplus: bool = SELECTIVE_SCAN.defaults["delta_softplus"],
+    reverse: bool = SELECTIVE_SCAN.defaults["reverse"],
     num_threads: Optional[int] = None,
 ) -> Tensor:
     """models.ops.selective_scan_reference on CPU tensors, natively; torch's thread count by default.
