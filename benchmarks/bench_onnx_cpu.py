@@ -96,6 +96,7 @@ def main() -> None:
 
     print(f"model {args.model}, batch {args.batch}, ONNX Runtime {ort.__version__}, torch {torch.__version__}")
     print(f"native ops: {native.find_library(native.CPU_KERNELS_LIBRARY)}, {native.ort_ops_library()}")
+    print(f"native CPU scan variant: {native.scan_variant()}")
     print(f"before: {load_average()}")
     torch.manual_seed(0)
     variants = {"plain": create_model(args.model).eval(), "merged": create_model(args.model, merge_ratio=args.ratio).eval()}

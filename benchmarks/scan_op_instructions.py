@@ -7,6 +7,7 @@ shared machine.
 The node has a merged vim_s block's shape (batch 1, 768 channels, d_state 16, 136 tokens: the mean of
 197 - 11 * floor(l / 2) over the 24 blocks) and random inputs. Each configuration runs in a small C++
 runner (ort_node_runs.cpp) under callgrind, which counts only its 3 inferences after a warm-up one.
+valgrind does not emulate AVX-512, so the library's scan runs its avx2 variant here.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ Both libraries are built by `make native` (CMake, no CUDA) into build/native/. T
 $RMEETO_NATIVE_DIR (alone, when set), build/native/ of the working directory and of the source
 checkout, then the per-user cache $XDG_CACHE_HOME/rmeeto-export/native/. Without them everything
 still runs: the torch ops use the PyTorch references and ONNX Runtime the graphs' function bodies.
+
+The scan is compiled once per instruction set (SCAN_VARIANTS) and runs the widest this CPU has;
+$RMEETO_CPU_SCAN_VARIANT, read once per process, or use_scan_variant forces one.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ CPU_KERNELS_LIBRARY = "librmeeto_cpu_kernels.so"
 ORT_OPS_LIBRARY = "librmeeto_ort_ops.so"
 BUILD_SUBDIR = Path("build") / "native"
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
+SCAN_VARIANT_ENV_VAR = "RMEETO_CPU_SCAN_VARIANT"
+SCAN_VARIANTS = ("avx512", "avx2", "baseline")  # rmeeto_cpu_kernels.h's names, widest first
 ABSENT_NOTE = f"native ops not built (`make native`, or set {DIR_ENV_VAR}): using the function bodies"
 
-# Values of rmeeto_dtype_t in plugins_trt/kernels/rmeeto_types.h.
+# Values of rmeeto_dtype_t and rmeeto_status_t in plugins_trt/kernels/rmeeto_types.h.
 _KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_STATUS_INVALID_ARGUMENT, _STATUS_UNSUPPORTED = 1, 2
 
 
 class _Threads(ctypes.Structure):
@@ -72,7 +78,10 @@ def _load() -> Optional[ctypes.CDLL]:
     threads = ctypes.POINTER(_Threads)
     lib.rmeeto_cpu_selective_scan_fwd.argtypes = [i32] * 5 + [ptr] * 8 + [i32, i32, ptr, threads]
     lib.rmeeto_cpu_token_merge.argtypes = [i32] * 6 + [ptr] * 6 + [threads]
+    lib.rmeeto_cpu_scan_variant.argtypes, lib.rmeeto_cpu_scan_variant.restype = [], ctypes.c_char_p
+    lib.rmeeto_cpu_use_scan_variant.argtypes = [ctypes.c_char_p]
     lib.rmeeto_cpu_selective_scan_fwd.restype = lib.rmeeto_cpu_token_merge.restype = i32
+    lib.rmeeto_cpu_use_scan_variant.restype = i32
     return lib
 
 
@@ -87,6 +96,32 @@ def _library() -> ctypes.CDLL:
         tried = ", ".join(str(d) for d in library_dirs())
         raise UserError(f"{CPU_KERNELS_LIBRARY} not found (tried {tried}); build it with `make native`")
     return lib
+
+
+def _use_scan_variant(lib: ctypes.CDLL, name: Optional[str], source: str) -> None:
+    status = lib.rmeeto_cpu_use_scan_variant(None if name is None else name.encode())
+    if status == _STATUS_INVALID_ARGUMENT:
+        raise UserError(f"{source}: unknown CPU scan variant; the variants are {', '.join(SCAN_VARIANTS)}")
+    if status == _STATUS_UNSUPPORTED:
+        raise UserError(f"{source}: this CPU (or this build of {CPU_KERNELS_LIBRARY}) lacks that scan variant")
+    _check(status, "rmeeto_cpu_use_scan_variant")
+
+
+def scan_variant() -> str:
+    """The instruction-set variant native scans run: $RMEETO_CPU_SCAN_VARIANT's, else the widest this CPU has."""
+    lib = _library()
+    name = lib.rmeeto_cpu_scan_variant()
+    if name is None:  # the library refused the variable's variant: trying it again says why
+        requested = os.environ.get(SCAN_VARIANT_ENV_VAR, "")
+        _use_scan_variant(lib, requested, f"{SCAN_VARIANT_ENV_VAR}={requested}")
+        name = lib.rmeeto_cpu_scan_variant()
+    return name.decode()
+
+
+def use_scan_variant(name: Optional[str]) -> None:
+    """Runs later native scans of this process on variant `name` (one of SCAN_VARIANTS; None: the widest
+    this CPU has). UserError when the name is unknown or this CPU lacks the variant."""
+    _use_scan_variant(_library(), name, f"scan variant {name!r}")
 
 
 def _threads(num_threads: Optional[int]) -> _Threads:
@@ -140,6 +175,8 @@ def selective_scan(
             _pointer(D_c), _pointer(z_c), _pointer(bias_c), int(delta_softplus), int(reverse),
             _pointer(out), ctypes.byref(_threads(num_threads)),
         )  # fmt: skip
+        if status != 0:
+            scan_variant()  # a wrong $RMEETO_CPU_SCAN_VARIANT is the user's error, said as such
         _check(status, "rmeeto_cpu_selective_scan_fwd")
     return out.to(u.dtype)
 

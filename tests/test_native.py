@@ -3,9 +3,16 @@ the shapes and dtypes of the CUDA kernel tests, and the "native" backend of the 
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+from rmeeto_export import native
 from rmeeto_export.errors import UserError
 from rmeeto_export.merge.rmeeto import merge_tokens
 from rmeeto_export.models import create_model, ops
@@ -27,9 +34,35 @@ NATIVE_SCAN_CASES = SCAN_CASES + GPU_SCAN_CASES[:1]
 NATIVE_MERGE_CASES = MERGE_CASES + GPU_MERGE_CASES[:1]
 
 
+@pytest.fixture(params=native.SCAN_VARIANTS)
+def scan_variant(native_ops, request):
+    """Every compiled variant of the scan this CPU runs, forced in turn; the default again afterwards."""
+    try:
+        native_ops.use_scan_variant(request.param)
+    except UserError as error:
+        pytest.skip(str(error))
+    yield request.param
+    native_ops.use_scan_variant(None)
+
+
+def _cpu_flags() -> set[str]:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    return set(next(line for line in lines if line.startswith("flags")).split(":")[1].split())
+
+
+def _widest_variant_from_cpuinfo() -> str:
+    """What CMakeLists.txt's -march levels need (x86-64-v4 / v3), read from the kernel's CPU flags."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return "baseline"
+    flags = _cpu_flags()
+    if {"avx2", "fma", "bmi2", "f16c", "movbe"} <= flags:
+        return "avx512" if {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags else "avx2"
+    return "baseline"
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", NATIVE_SCAN_CASES, ids=lambda c: "b{}_d{}_n{}_l{}_rev{}_sp{}_opt{}".format(*c))
-def test_selective_scan_matches_reference(native_ops, case, dtype):
+def test_selective_scan_matches_reference(native_ops, scan_variant, case, dtype):
     batch, dim, dstate, length, reverse, softplus, optional = case
     inputs = scan_inputs(batch, dim, dstate, length, optional, dtype, batch * 1000 + length, "cpu", softplus)
     expected = ops.selective_scan_reference(**inputs, delta_softplus=softplus, reverse=reverse)
@@ -37,6 +70,46 @@ def test_selective_scan_matches_reference(native_ops, case, dtype):
     assert actual.dtype == dtype and actual.shape == inputs["u"].shape
     # The CUDA kernels' tolerances: same fp32 math in another order (and a polynomial exp, ~1 ulp).
     assert_close_to_scale(actual, expected, TOLERANCE[dtype])
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="the CPU's flags are read from Linux's /proc/cpuinfo")
+def test_scan_runs_the_widest_variant_this_cpu_has(native_ops):
+    assert native_ops.scan_variant() == _widest_variant_from_cpuinfo()
+
+
+def test_unknown_scan_variant_is_a_user_error_and_changes_nothing(native_ops):
+    before = native_ops.scan_variant()
+    with pytest.raises(UserError, match="'sse9': unknown CPU scan variant; the variants are avx512, avx2, baseline"):
+        native_ops.use_scan_variant("sse9")
+    assert native_ops.scan_variant() == before
+
+
+def _run_with_variant_variable(value: str, code: str, native_dir: Path) -> subprocess.CompletedProcess:
+    """`code` in a fresh process (the library reads the variable once), with RMEETO_CPU_SCAN_VARIANT=value."""
+    env = dict(os.environ, **{native.SCAN_VARIANT_ENV_VAR: value, native.DIR_ENV_VAR: str(native_dir)})
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_environment_variable_forces_the_scan_variant(native_dir):
+    library = native_dir / native.CPU_KERNELS_LIBRARY  # plain ctypes: no torch to import
+    code = (
+        f"import ctypes; f = ctypes.CDLL({str(library)!r}).rmeeto_cpu_scan_variant; f.restype = ctypes.c_char_p;"
+        " print(f())"
+    )
+    assert _run_with_variant_variable("baseline", code, native_dir).stdout.strip() == "b'baseline'"
+    refused = _run_with_variant_variable("sse9", code, native_dir)
+    assert refused.stdout.strip() == "None"
+    assert "rmeeto: error: RMEETO_CPU_SCAN_VARIANT=sse9: unknown variant" in refused.stderr
+
+
+def test_wrong_environment_variable_fails_the_scan_with_a_user_error(native_dir):
+    code = (
+        "import torch; from rmeeto_export import native; from rmeeto_export.errors import UserError\n"
+        "try: native.selective_scan(*(torch.ones(1, 2, 3),) * 2, -torch.ones(2, 4), *(torch.ones(1, 4, 3),) * 2)\n"
+        "except UserError as error: print(error)"
+    )
+    result = _run_with_variant_variable("avx9000", code, native_dir)
+    assert result.stdout.strip() == "RMEETO_CPU_SCAN_VARIANT=avx9000: unknown CPU scan variant; the variants are avx512, avx2, baseline"
 
 
 def test_thread_count_does_not_change_the_scan(native_ops):

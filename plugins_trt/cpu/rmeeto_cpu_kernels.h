@@ -31,11 +31,26 @@ typedef struct rmeeto_cpu_threads
 /* ---- selective scan forward: rmeeto_selective_scan_fwd's math, shapes and dtypes ----------------
  * u, delta, z, out (batch, dim, seqlen) and B, C (batch, dstate, seqlen) in `dtype`; A (dim, dstate),
  * D and delta_bias (dim,) fp32; D, z and delta_bias may be NULL. State and math in fp32; any dstate.
- * Threaded over batch x channels. */
+ * Threaded over batch x channels, vectorised over channels (see the variants below). */
 RMEETO_API rmeeto_status_t rmeeto_cpu_selective_scan_fwd(rmeeto_dtype_t dtype, int32_t batch, int32_t dim,
     int32_t dstate, int32_t seqlen, const void* u, const void* delta, const float* A, const void* B, const void* C,
     const float* D, const void* z, const float* delta_bias, int32_t delta_softplus, int32_t reverse, void* out,
     const rmeeto_cpu_threads_t* threads);
+
+/* ---- which instruction set the scan runs on --------------------------------------------------
+ * The scan is compiled once per instruction set: "baseline" (any CPU of the architecture) and, on
+ * x86-64, "avx2" (x86-64-v3: AVX2 + FMA, 8 channels a vector) and "avx512" (x86-64-v4: AVX-512 F, BW,
+ * CD, DQ, VL, 16 channels a vector), with the same math. Scans run the widest this CPU has, unless the
+ * environment variable RMEETO_CPU_SCAN_VARIANT names one (read once, at the first scan or query). */
+
+/* The variant's name, or NULL when RMEETO_CPU_SCAN_VARIANT names one that is unknown or that this CPU
+ * (or build) lacks: scans then return RMEETO_STATUS_UNSUPPORTED, and a line on stderr says why. */
+RMEETO_API const char* rmeeto_cpu_scan_variant(void);
+
+/* Later scans of this process run variant `name` (NULL: the widest this CPU has). The variant is left
+ * as it was when `name` is unknown (RMEETO_STATUS_INVALID_ARGUMENT) or this CPU or build lacks it
+ * (RMEETO_STATUS_UNSUPPORTED). */
+RMEETO_API rmeeto_status_t rmeeto_cpu_use_scan_variant(const char* name);
 
 /* ---- token merge (one R-MeeTo step): rmeeto_token_merge's contract, no workspace -----------------
  * hidden (batch, tokens, channels) in `dtype`; residual (batch, tokens, channels) and size (batch,

@@ -1,7 +1,8 @@
-// The selective scan of a block of channels in fp32, compiled once per instruction set (CMakeLists.txt: baseline,
-// and AVX2 + FMA on x86-64) and picked at run time (scan_block.h). Every loop here is written to be
-// vectorised, exp and log included (libm's are one call per element). Everything has internal linkage
-// except the entry point, so no AVX2 code can stand in for a baseline symbol.
+// The selective scan of a block of channels in fp32, compiled once per instruction set into the namespace
+// RMEETO_SCAN_VARIANT (CMakeLists.txt: baseline, and AVX2 + FMA and AVX-512 on x86-64), whose kLanes
+// (scan_block.h) sets the vector width; the variant is chosen at run time (scan_variant.cpp). Every loop here
+// is written to be vectorised, exp and log included (libm's are one call per element). Everything has
+// internal linkage except the entry point, so no AVX code can stand in for a baseline symbol.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -77,7 +78,7 @@ __attribute__((always_inline)) inline float softplus(float x)
     return x > 20.0f ? x : (x > 0.0f ? x : 0.0f) + log1pE;
 }
 
-// kLanes fp32 values as one GCC/Clang vector: AVX2 makes it one register, SSE two.
+// kLanes fp32 values as one GCC/Clang vector: one AVX2 or AVX-512 register, two SSE ones.
 typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t IntLanes __attribute__((vector_size(kLanes * sizeof(int32_t))));
 

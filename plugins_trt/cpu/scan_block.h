@@ -1,50 +1,57 @@
-// The selective scan of a block of kLanes channels of one sample, in fp32, compiled per instruction set
-// (scan_block.cpp) and picked at run time by scanBlockForThisCpu.
+// The selective scan of a block of channels of one sample, in fp32, compiled once per instruction set
+// (scan_block.cpp, one namespace per variant) and chosen at run time (scan_variant.cpp).
 #ifndef RMEETO_CPU_SCAN_BLOCK_H
 #define RMEETO_CPU_SCAN_BLOCK_H
 
 namespace rmeeto_cpu
 {
 
-// Channels scanned side by side: one AVX2 vector of fp32 (two SSE ones). Every per-channel array is
-// lane-minor, [t or n][lane], so each step's work is whole vectors and y needs no horizontal sum.
-constexpr int kLanes = 8;
-
+// A block is `lanes` channels side by side, lanes being the variant's kLanes (one vector of fp32, or two
+// SSE ones for the baseline). Every per-channel array is lane-minor, [t or n][lane], so each step's work
+// is whole vectors and y needs no horizontal sum.
 struct ChannelBlock
 {
     int dstate, seqlen;
     bool reverse, deltaSoftplus;
-    const float* A;         // (dstate, kLanes)
+    const float* A;         // (dstate, lanes)
     const float* Bt;        // (seqlen, dstate): time-major, shared by every channel of the sample
     const float* Ct;        // (seqlen, dstate)
-    const float* D;         // (kLanes,) or nullptr
-    const float* deltaBias; // (kLanes,)
-    const float* u;         // (seqlen, kLanes)
-    const float* z;         // (seqlen, kLanes) gate, or nullptr
-    float* delta;           // (seqlen, kLanes) in: delta; overwritten with dt
-    float* scratch;         // (seqlen + dstate) * kLanes floats
-    float* y;               // (seqlen, kLanes) out
+    const float* D;         // (lanes,) or nullptr
+    const float* deltaBias; // (lanes,)
+    const float* u;         // (seqlen, lanes)
+    const float* z;         // (seqlen, lanes) gate, or nullptr
+    float* delta;           // (seqlen, lanes) in: delta; overwritten with dt
+    float* scratch;         // (seqlen + dstate) * lanes floats
+    float* y;               // (seqlen, lanes) out
 };
 
-using ScanBlockFn = void (*)(const ChannelBlock&);
-
-namespace baseline
+// The variants; CMakeLists.txt compiles those of the target architecture.
+namespace baseline // the architecture's baseline (x86-64: SSE2)
 {
+constexpr int kLanes = 8;
 void scanBlock(const ChannelBlock& c);
-}
-namespace avx2
+} // namespace baseline
+namespace avx2 // x86-64-v3: AVX2 + FMA
 {
+constexpr int kLanes = 8;
 void scanBlock(const ChannelBlock& c);
-}
-
-inline ScanBlockFn scanBlockForThisCpu()
+} // namespace avx2
+namespace avx512 // x86-64-v4: AVX-512 F, BW, CD, DQ, VL
 {
-#if defined(RMEETO_CPU_HAVE_AVX2_VARIANT)
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return avx2::scanBlock;
-#endif
-    return baseline::scanBlock;
-}
+constexpr int kLanes = 16;
+void scanBlock(const ChannelBlock& c);
+} // namespace avx512
+
+struct ScanVariant
+{
+    const char* name;
+    int lanes;
+    void (*scanBlock)(const ChannelBlock&);
+};
+
+// The variant scans run on (rmeeto_cpu_scan_variant), or nullptr when RMEETO_CPU_SCAN_VARIANT names one
+// that is unknown or that this CPU lacks.
+const ScanVariant* scanVariant();
 
 } // namespace rmeeto_cpu
 
