@@ -1,5 +1,6 @@
 """The custom ops' contracts: one module per op, read by the torch ops, the ONNX export, the TensorRT
-Python plugins and the CUDA kernel binding (the C++ plugins are checked against them by a test)."""
+Python plugins and the CUDA kernel binding (the C++ plugins and the ONNX Runtime op library
+are checked against them by tests)."""
 
 from rmeeto_export.contracts.op import (
     ACTIVATION_DTYPES,

@@ -3,7 +3,7 @@
 A contract names the op on each side (ONNX node in the "rmeeto" domain, TensorRT plugin in the
 "rmeeto" namespace, torch.library op), lists its tensors in node order with their dtype rule, and
 its int attributes with defaults. docs/ops.md explains the ops; tests/contracts/ hold the C++
-plugins, the torch ops and the ONNX functions to these values.
+plugins, the ONNX Runtime op library, the torch ops and the ONNX functions to these values.
 """
 
 from __future__ import annotations

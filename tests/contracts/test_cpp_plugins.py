@@ -15,6 +15,7 @@ from typing import Optional
 import pytest
 
 from rmeeto_export.contracts import ACTIVATION_DTYPES, CONTRACTS, PLUGIN_NAMESPACE, PLUGIN_VERSION, OpContract
+from tests.support.cpp_source import function_body
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins_trt"
 SOURCES = {"SelectiveScan": "selectiveScanPlugin/selective_scan_plugin", "TokenMerge": "tokenMergePlugin/token_merge_plugin"}
@@ -24,13 +25,6 @@ TRT_DTYPES = {"kFLOAT": "float32", "kHALF": "float16", "kBF16": "bfloat16"}
 def enumerator(tensor_name: str) -> str:
     """The C++ enumerator of a tensor: u -> kU, delta_bias -> kDeltaBias."""
     return "k" + "".join(part[:1].upper() + part[1:] for part in tensor_name.split("_"))
-
-
-def function_body(source: str, name: str) -> str:
-    """The body of function `name`'s definition (a signature without `;`, braces at column 0)."""
-    match = re.search(rf"[\s:]{name}\([^;{{]*\n\{{\n(.*?)\n\}}\n", source, re.S)
-    assert match, f"no definition of {name} found"
-    return match.group(1)
 
 
 def tensor_enum(header: str) -> list[str]:

@@ -10,11 +10,15 @@ from collections import Counter
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto, helper
 
 from rmeeto_export.calibration.parity import Int8Tolerance, compare_int8_logits
+from rmeeto_export.contracts import DOMAIN, DOMAIN_VERSION, SELECTIVE_SCAN
 from rmeeto_export.export import export_onnx
 from rmeeto_export.export.parity import compare_logits, run_onnx, session_options, torch_logits
+from rmeeto_export.models.ops import selective_scan_reference
 from rmeeto_export.models.vim import with_scan_backend
+from tests.support.kernel_inputs import TOLERANCE, assert_close_to_scale, merge_inputs, scan_inputs
 from tests.support.models import TINY_VIM, tiny_vim
 from tests.support.native_build import native_dir, native_ops, ort_ops_library  # noqa: F401 - fixtures
 
@@ -65,3 +69,32 @@ def test_native_int8_graph_matches_pytorch(ort_ops_library, int8_graphs, tiny_mo
     assert report.passed, report
     bodies, _ = run_onnx(int8_graphs["plugin"], image_batch.numpy(), native_ops=False)
     assert compare_int8_logits(actual, bodies, provider, Int8Tolerance(min_top1_agreement=0.0)).passed
+
+
+def one_node_session(library, op_type: str, inputs: dict[str, torch.Tensor], outputs: list[str]) -> ort.InferenceSession:
+    """A session on one fp32 rmeeto node that carries no attributes, run by the library."""
+    node = helper.make_node(op_type, list(inputs), outputs, domain=DOMAIN)
+    graph = helper.make_graph(
+        [node], "one_node",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, t.shape) for name, t in inputs.items()],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(os.fspath(library))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def test_library_fills_in_the_contracts_attribute_defaults(ort_ops_library):
+    inputs = scan_inputs(2, 8, 16, 9, optional=False, dtype=torch.float32, seed=0, device="cpu")
+    session = one_node_session(ort_ops_library, "SelectiveScan", inputs, ["y"])
+    (y,) = session.run(None, {name: t.numpy() for name, t in inputs.items()})
+    expected = selective_scan_reference(**inputs, **SELECTIVE_SCAN.defaults)  # softplus on, forward
+    assert_close_to_scale(torch.from_numpy(y), expected, TOLERANCE[torch.float32])
+
+
+def test_library_rejects_a_merge_without_its_schedule(ort_ops_library):
+    hidden, residual, size = merge_inputs(1, 9, 8, torch.float32, seed=0)
+    with pytest.raises(Exception, match="TokenMerge: .*'r'"):  # onnxruntime raises its own Fail type
+        one_node_session(ort_ops_library, "TokenMerge", {"hidden": hidden, "residual": residual, "size": size},
+                         ["hidden_out", "residual_out", "size_out"])  # fmt: skip
