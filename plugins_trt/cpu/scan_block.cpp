@@ -17,12 +17,15 @@ namespace RMEETO_SCAN_VARIANT
 namespace
 {
 
-float floatFromBits(uint32_t bits)
-{
-    float x;
-    std::memcpy(&x, &bits, sizeof x);
-    return x;
-}
+// kLanes fp32 values as one GCC/Clang vector: one AVX2 or AVX-512 register, two SSE ones.
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+typedef uint32_t BitLanes __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+
+// The bits of one float or of each lane, and back: the exp below serves both.
+uint32_t bitsOf(float x) { return __builtin_bit_cast(uint32_t, x); }
+BitLanes bitsOf(Lanes x) { return __builtin_bit_cast(BitLanes, x); }
+float floatOf(uint32_t bits) { return __builtin_bit_cast(float, bits); }
+Lanes floatOf(BitLanes bits) { return __builtin_bit_cast(Lanes, bits); }
 
 constexpr float kLn2High = 0.693359375f; // ln 2 in two parts: k * kLn2High is exact for |k| < 2^9
 constexpr float kLn2Low = -2.12194440e-4f;
@@ -30,22 +33,30 @@ constexpr float kMinExpArgument = -87.3365478515625f;
 constexpr float kMaxExpArgument = 88.3762626647949f;
 constexpr float kRoundingShift = 12582912.0f; // 1.5 * 2^23: adding it rounds to an integer
 
-// exp(x): x = k ln2 + f, |f| <= ln2 / 2, exp(f) by Cephes' expf polynomial, 2^k into the exponent bits.
-// About 1 ulp; 0 below -87.3 (where expf is subnormal), inf above 88.37 (expf is finite up to 88.72).
-__attribute__((always_inline)) inline float expVectorisable(float x)
+// exp(x) of a float, or lane by lane of Lanes (written on vectors, so that no compiler heuristic can keep
+// the scan's exp scalar): x = k ln2 + f, |f| <= ln2 / 2, exp(f) by Cephes' expf polynomial, 2^k into the
+// exponent bits. About 1 ulp; 0 below -87.3 (where expf is subnormal), inf above 88.37 (expf is finite up
+// to 88.72), NaN for NaN. Out of that range the steps compute garbage that the two selects at the end
+// replace, so x needs no clamping; selects, not branches, so that loops vectorise.
+template <typename V>
+__attribute__((always_inline)) inline V expOf(V x)
 {
-    const float clamped = x < kMinExpArgument ? kMinExpArgument : (x > kMaxExpArgument ? kMaxExpArgument : x);
-    const float k = (clamped * 1.44269504088896341f + kRoundingShift) - kRoundingShift;
-    const float f = (clamped - k * kLn2High) - k * kLn2Low;
-    float p = 1.9875691500e-4f;
+    const V zero{};
+    const V shifted = x * 1.44269504088896341f + kRoundingShift; // exactly kRoundingShift + k in range
+    const V k = shifted - kRoundingShift;
+    const V f = (x - k * kLn2High) - k * kLn2Low;
+    V p = zero + 1.9875691500e-4f;
     p = p * f + 1.3981999507e-3f;
     p = p * f + 8.3334519073e-3f;
     p = p * f + 4.1665795894e-2f;
     p = p * f + 1.6666665459e-1f;
     p = p * f + 5.0000001201e-1f;
-    const float result = ((p * f) * f + f + 1.0f) * floatFromBits(static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23);
-    const float belowRange = x < kMinExpArgument ? 0.0f : result; // selects, not branches: loops vectorise
-    return x > kMaxExpArgument ? std::numeric_limits<float>::infinity() : belowRange; // NaN stays NaN
+    // 2^k: shifted's low bits hold k + bits(kRoundingShift), whose own low 9 bits are 0: shifting them into
+    // the exponent field gives the bits of 2^k with no float-to-int conversion.
+    const V twoToK = floatOf((bitsOf(shifted) + 127u) << 23);
+    const V result = ((p * f) * f + f + 1.0f) * twoToK;
+    const V belowRange = x < kMinExpArgument ? zero : result;
+    return x > kMaxExpArgument ? zero + std::numeric_limits<float>::infinity() : belowRange;
 }
 
 // log(w) for w in [1, 2]: w = m 2^e with m in [sqrt(1/2), sqrt(2)], log(m) by Cephes' logf polynomial.
@@ -72,15 +83,11 @@ __attribute__((always_inline)) inline float logOneToTwo(float w)
 // (0, 1] as log(1 + e) * e / ((1 + e) - 1), which cancels the rounding of 1 + e.
 __attribute__((always_inline)) inline float softplus(float x)
 {
-    const float e = expVectorisable(x < 0.0f ? x : -x);
+    const float e = expOf(x < 0.0f ? x : -x);
     const float w = 1.0f + e;
     const float log1pE = w == 1.0f ? e : logOneToTwo(w) * e / (w - 1.0f);
     return x > 20.0f ? x : (x > 0.0f ? x : 0.0f) + log1pE;
 }
-
-// kLanes fp32 values as one GCC/Clang vector: one AVX2 or AVX-512 register, two SSE ones.
-typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t IntLanes __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 Lanes load(const float* p)
 {
@@ -92,25 +99,6 @@ Lanes load(const float* p)
 void store(float* p, Lanes v)
 {
     std::memcpy(p, &v, sizeof v);
-}
-
-// expVectorisable lane by lane, written on vectors so that no compiler heuristic can keep it scalar.
-Lanes expLanes(Lanes x)
-{
-    const Lanes zero = {}, minArgument = zero + kMinExpArgument, maxArgument = zero + kMaxExpArgument;
-    const Lanes clamped = x < minArgument ? minArgument : (x > maxArgument ? maxArgument : x);
-    const Lanes k = (clamped * 1.44269504088896341f + kRoundingShift) - kRoundingShift;
-    const Lanes f = (clamped - k * kLn2High) - k * kLn2Low;
-    Lanes p = zero + 1.9875691500e-4f;
-    p = p * f + 1.3981999507e-3f;
-    p = p * f + 8.3334519073e-3f;
-    p = p * f + 4.1665795894e-2f;
-    p = p * f + 1.6666665459e-1f;
-    p = p * f + 5.0000001201e-1f;
-    const IntLanes exponent = (__builtin_convertvector(k, IntLanes) + 127) << 23;
-    const Lanes result = ((p * f) * f + f + 1.0f) * __builtin_bit_cast(Lanes, exponent);
-    const Lanes belowRange = x < minArgument ? zero : result;
-    return x > maxArgument ? zero + std::numeric_limits<float>::infinity() : belowRange;
 }
 
 } // namespace
@@ -144,7 +132,7 @@ void scanBlock(const ChannelBlock& c)
         Lanes yT = {};
         for (int n = 0; n < N; ++n) // y sums over n in order, lane by lane
         {
-            const Lanes state = expLanes(dtT * load(A + n * W)) * load(h + n * W) + dtuT * bT[n];
+            const Lanes state = expOf(dtT * load(A + n * W)) * load(h + n * W) + dtuT * bT[n];
             store(h + n * W, state);
             yT += state * cT[n];
         }
@@ -157,7 +145,7 @@ void scanBlock(const ChannelBlock& c)
             if (c.D)
                 y[i] += c.D[lane] * u[i];
             if (c.z)
-                y[i] *= c.z[i] / (1.0f + expVectorisable(-c.z[i])); // SiLU
+                y[i] *= c.z[i] / (1.0f + expOf(-c.z[i])); // SiLU
         }
 }
 
