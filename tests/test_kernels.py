@@ -22,8 +22,7 @@ import torch
 
 from rmeeto_export import kernels
 from rmeeto_export.errors import UserError
-from tests.support.backends import tensorrt_rtx_or_skip
-from tests.support.kernel_device import HAS_TOOLCHAIN, PLUGINS_DIR, TRT_HEADER_ROOTS, cmake_build
+from tests.support.kernel_device import HAS_TOOLCHAIN, PLUGINS_DIR, cmake_build
 from tests.support.kernel_inputs import (
     DTYPES,
     TOLERANCE,
@@ -97,26 +96,16 @@ def test_onnxruntime_op_library_builds_with_the_cuda_ops(default_build):
 @pytest.mark.slow
 @pytest.mark.trt
 @needs_toolchain
-def test_plugin_library_builds_a_tensorrt_rtx_engine(tmp_path):
-    """Links librmeeto_trt_plugins.so against TensorRT-RTX (whose plugin ABI is TensorRT 11's), registers it by
-    dlopen and then by load_library, and builds an engine, ahead of time and without a GPU, from ONNX with a
+def test_plugin_library_builds_a_tensorrt_rtx_engine(rtx_plugin_library):
+    """librmeeto_trt_plugins.so linked against TensorRT-RTX (whose plugin ABI is TensorRT 11's), registered by
+    dlopen and then by load_library, builds an engine, ahead of time and without a GPU, from ONNX with a
     TokenMerge and two SelectiveScan nodes (8 and 5 inputs; fp16, fp32, bf16): parser attributes, shapes,
     formats, serialisation."""
-    tensorrt_rtx_or_skip()
-    headers = TRT_HEADER_ROOTS / "v11.1" / "include"
-    if not (headers / "NvInferRuntime.h").is_file():
-        pytest.skip(f"TensorRT 11 headers not at {headers} (set RMEETO_TRT_HEADERS_ROOT)")
     rtx_libs = Path(importlib.util.find_spec("tensorrt_rtx_libs").submodule_search_locations[0])
     if not (rtx_libs / "libtensorrt_rtx.so").exists():
         pytest.skip(f"the parser dlopens {rtx_libs}/libtensorrt_rtx.so, which the wheel lacks: symlink it to .so.1")
-    cmake_build(  # RMEETO_TENSORRT_RTX finds libtensorrt_rtx in this interpreter's tensorrt_rtx_libs
-        tmp_path, "-DRMEETO_TENSORRT_RTX=ON", f"-DTENSORRT_ROOT={headers.parent}", f"-DPython3_EXECUTABLE={sys.executable}",
-        "-DRMEETO_CUDA_ARCHS=75-real", target="rmeeto_trt_plugins",
-    )  # fmt: skip
     script = PLUGINS_DIR / "tests" / "build_rtx_engine.py"
-    run = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "librmeeto_trt_plugins.so")], capture_output=True, text=True
-    )
+    run = subprocess.run([sys.executable, str(script), str(rtx_plugin_library)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["static_creators"] == [["SelectiveScan", "1"], ["TokenMerge", "1"]]  # dlopen alone registers

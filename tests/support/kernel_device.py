@@ -12,6 +12,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 from rmeeto_export import kernels
+from tests.support.backends import tensorrt_rtx_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS_DIR = REPO / "plugins_trt"
@@ -82,6 +84,25 @@ def _cuda_library(tmp_path_factory) -> Path:
     build_dir = tmp_path_factory.mktemp("plugins_native")
     cmake_build(build_dir, "-DTENSORRT_ROOT=", "-DRMEETO_CUDA_ARCHS=native", target="rmeeto_kernels")
     return build_dir / kernels.LIBRARY_NAME
+
+
+@pytest.fixture(scope="session")
+def rtx_plugin_library(tmp_path_factory) -> Path:
+    """librmeeto_trt_plugins.so linked against TensorRT-RTX (whose plugin ABI is TensorRT 11's) for sm75
+    only, built once per session for the tests that load it; no GPU needed."""
+    tensorrt_rtx_or_skip()
+    if not HAS_TOOLCHAIN:
+        pytest.skip("cmake and nvcc are needed to build plugins_trt")
+    headers = TRT_HEADER_ROOTS / "v11.1"
+    if not (headers / "include" / "NvInferRuntime.h").is_file():
+        pytest.skip(f"TensorRT 11 headers not at {headers}/include (set RMEETO_TRT_HEADERS_ROOT)")
+    build_dir = tmp_path_factory.mktemp("plugins_rtx")
+    seconds = cmake_build(  # RMEETO_TENSORRT_RTX finds libtensorrt_rtx in this interpreter's tensorrt_rtx_libs
+        build_dir, "-DRMEETO_TENSORRT_RTX=ON", f"-DTENSORRT_ROOT={headers}", f"-DPython3_EXECUTABLE={sys.executable}",
+        "-DRMEETO_CUDA_ARCHS=75-real", target="rmeeto_trt_plugins",
+    )  # fmt: skip
+    print(f"librmeeto_trt_plugins.so for TensorRT-RTX built in {seconds:.1f} s")
+    return build_dir / "librmeeto_trt_plugins.so"
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,8 @@
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -6,9 +10,11 @@ import pytest
 
 from rmeeto_export.contracts import SELECTIVE_SCAN, TOKEN_MERGE
 from rmeeto_export.errors import UserError
+from rmeeto_export.files import file_sha256
 from rmeeto_export.trt import plugins as plugins_module
 from rmeeto_export.trt.backend import Backend, load_backend
 from rmeeto_export.trt.plugins import (
+    PLUGIN_LIBRARY_ENV,
     PluginSource,
     check_library_matches_backend,
     elf_needed_libraries,
@@ -114,23 +120,36 @@ def test_plugin_library_for_another_tensorrt_is_a_user_error(rtx_linked_elf, tmp
     check_library_matches_backend(library, load_backend("tensorrt-rtx"))  # same TensorRT: accepted
 
 
-def test_cpp_plugin_library_registers_our_creators():
-    library = find_plugin_library()
-    if library is None:
-        pytest.skip("librmeeto_trt_plugins.so not built (needs TensorRT headers and libnvinfer: cmake -S plugins_trt)")
-    linked = linked_tensorrt(library)
-    flavour = linked[0] if linked else "auto"
-    try:
-        backend = load_backend(flavour)
-    except UserError as err:
-        pytest.skip(f"the plugin library links {linked}, which this machine cannot import: {err}")
-    source = load_plugins(backend, "on")
-    assert source.library == str(library) and len(source.sha256) == 64
-    registry = backend.trt.get_plugin_registry()
-    python_creators = python_plugin_creators(backend.trt)
-    for name in ("SelectiveScan", "TokenMerge"):
-        creator = registry.get_creator(name, "1", "rmeeto")
-        assert creator is not None and all(creator is not ours for ours in python_creators)
+# In a fresh interpreter: once loaded, the library's creators stay in this process's registry and would
+# take the place of the Python plugins the other tests register.
+_REGISTER_LIBRARY = """
+import json
+from rmeeto_export.trt.backend import load_backend
+from rmeeto_export.trt.plugins import find_plugin_library, linked_tensorrt, load_plugins
+from rmeeto_export.trt.python_plugins import python_plugin_creators
+
+library = find_plugin_library()
+backend = load_backend(linked_tensorrt(library)[0])
+source = load_plugins(backend, "on")
+registry, python_creators = backend.trt.get_plugin_registry(), python_plugin_creators(backend.trt)
+creators = {name: registry.get_creator(name, "1", "rmeeto") for name in ("SelectiveScan", "TokenMerge")}
+print(json.dumps({"found": str(library), "loaded": source.library, "sha256": source.sha256, "ours": {
+    name: creator is not None and all(creator is not python for python in python_creators)
+    for name, creator in creators.items()}}))
+"""
+
+
+@pytest.mark.slow  # the library's build (shared with test_kernels)
+@pytest.mark.trt
+def test_cpp_plugin_library_registers_our_creators(rtx_plugin_library):
+    """$RMEETO_TRT_PLUGINS names the library; load_plugins("on") loads it and its C++ creators are registered."""
+    env = {**os.environ, PLUGIN_LIBRARY_ENV: str(rtx_plugin_library)}
+    run = subprocess.run([sys.executable, "-c", _REGISTER_LIBRARY], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["found"] == result["loaded"] == str(rtx_plugin_library.resolve())
+    assert result["sha256"] == file_sha256(rtx_plugin_library)
+    assert result["ours"] == {"SelectiveScan": True, "TokenMerge": True}
 
 
 def _types(rtx, names):
