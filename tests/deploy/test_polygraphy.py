@@ -1,6 +1,7 @@
 """Polygraphy, run for real: our ONNX graphs in ONNX Runtime against the PyTorch outputs `verify` saves,
 and TensorRT-RTX engines built by `polygraphy convert` with our C++ plugin library."""
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -28,6 +29,11 @@ def tiny_build(tmp_path_factory):
                              engine=EngineSettings(plugins="off"))
     build(settings, out, log=lambda _: None)
     return out
+
+
+def test_the_engine_graph_is_judged_on_every_input(tiny_build):
+    results = json.loads((tiny_build / "parity.json").read_text())["results"]
+    assert {key: result["images"] for key, result in results.items()} == {f"onnxruntime:{graph}": 4 for graph in GRAPHS}
 
 
 def polygraphy(*args, env=None, cwd):

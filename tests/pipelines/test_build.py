@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from rmeeto_export.cli import main
 from rmeeto_export.files import file_sha256
 from rmeeto_export.pipelines import figures
-from rmeeto_export.pipelines.build import build, rerun_verify
+from rmeeto_export.pipelines.build import build, rerun_verify, spot_checked_graphs
 from rmeeto_export.pipelines.folder import FIGURES
-from rmeeto_export.pipelines.settings import BuildSettings, ModelSettings, ParitySettings, RetrainSettings
+from rmeeto_export.pipelines.settings import BuildSettings, EngineSettings, ModelSettings, ParitySettings, RetrainSettings
 from rmeeto_export.pipelines.stages import StageFailed
-from tests.support.builds import assert_manifest_matches_files, tiny_settings
+from tests.support.builds import assert_manifest_matches_files, int8_settings, tiny_settings
 from tests.support.backends import HAS_TENSORRT as HAS_TRT
 from tests.support.images import write_class_folders
 from tests.support.models import TINY_VIM, TRAINABLE_CLASSES, TRAINABLE_VIM
@@ -157,8 +157,15 @@ def test_every_figure_is_a_png_shown_in_the_report(built):
 def test_parity_figure_has_every_graph_and_image(built):
     out, _, _ = built
     errors, limits = figures.parity_errors(json.loads((out / "parity.json").read_text()))
-    assert set(errors) == {"model.onnx", "model.portable.onnx"}
-    assert all(len(values) == 4 and max(values) <= limits[graph] for graph, values in errors.items())
+    # The engine is built from model.onnx, so the portable graph is spot-checked on one batch.
+    assert {graph: len(values) for graph, values in errors.items()} == {"model.onnx": 4, "model.portable.onnx": 1}
+    assert all(max(values) <= limits[graph] for graph, values in errors.items())
+
+
+def test_only_a_portable_graph_the_engine_does_not_use_is_spot_checked(tmp_path):
+    assert spot_checked_graphs(tiny_settings()) == {"model.portable.onnx"}
+    assert spot_checked_graphs(tiny_settings(engine=EngineSettings(plugins="off"))) == set()
+    assert spot_checked_graphs(int8_settings(tmp_path)) == {"model.portable.onnx"}  # not its INT8 twin
 
 
 def test_without_matplotlib_the_report_says_how_to_get_the_figures(built, tmp_path, monkeypatch):
