@@ -14,8 +14,13 @@ PathLike = Union[str, os.PathLike]
 
 
 @contextlib.contextmanager
-def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
-    """A binary stream to a temporary file beside ``path``, renamed over it only on success."""
+def atomic_open(path: PathLike, durable: bool = True) -> Iterator[BinaryIO]:
+    """A binary stream to a temporary file beside ``path``, renamed over it only on success.
+
+    durable: flush the data to the disk before the rename, so that even a power loss leaves the old
+    file or the whole new one. Engines skip it: the flush of hundreds of MB takes seconds on slow
+    disks, and their sha256 (build record, manifest) already exposes a file torn by a power loss.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -25,15 +30,16 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
         with os.fdopen(handle, "wb") as stream:
             yield stream
             stream.flush()
-            os.fsync(stream.fileno())
+            if durable:
+                os.fsync(stream.fileno())
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
 
 
-def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
-    with atomic_open(path) as stream:
+def write_bytes_atomic(path: PathLike, data: bytes, durable: bool = True) -> Path:
+    with atomic_open(path, durable) as stream:
         stream.write(data)
     return Path(path)
 

@@ -80,7 +80,7 @@ def build_engine(
     if serialized is None:
         raise UserError(f"TensorRT could not build {onnx_path}: {' | '.join(trt_backend.logger.take_errors()[:3])}")
     engine = bytes(serialized)
-    write_bytes_atomic(engine_path, engine)
+    write_bytes_atomic(engine_path, engine, durable=False)  # its sha256 is in the record
     if cache is not None:
         write_bytes_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
     record = BuildRecord(
