@@ -149,7 +149,15 @@ def inline_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Every node name is unique afterwards, in subgraphs too (TensorRT warns about repeated names).
     """
-    inlined = onnx.inliner.inline_local_functions(model)
+    # The inliner takes the model through C++ and back, a copy of every byte; the weights (390 MB for
+    # vim_b) play no part in inlining, so they are set aside while it runs and handed to the result.
+    weights = list(model.graph.initializer)
+    del model.graph.initializer[:]
+    try:
+        inlined = onnx.inliner.inline_local_functions(model)
+    finally:
+        model.graph.initializer.extend(weights)
+    inlined.graph.initializer.extend(weights)
     del inlined.functions[:]
     kept = [opset for opset in inlined.opset_import if opset.domain != DOMAIN]
     del inlined.opset_import[:]

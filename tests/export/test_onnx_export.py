@@ -106,6 +106,15 @@ def test_inlined_graphs_name_every_node_once(exported, precision):
         assert all(names) and len(set(names)) == len(names)
 
 
+def test_inlining_keeps_every_weight_and_leaves_its_input_as_it_was(exported):
+    model = load(exported[("fp32", False)])
+    before = model.SerializeToString()
+    inlined = inline_custom_ops(model)
+    assert model.SerializeToString() == before
+    weights = lambda m: [tensor.SerializeToString() for tensor in m.graph.initializer]  # noqa: E731
+    assert weights(inlined) == weights(model) and len(weights(model)) > 0
+
+
 def test_repeated_node_names_get_deterministic_suffixes():
     relu = lambda name: onnx.helper.make_node("Relu", ["x"], ["x"], name=name)  # noqa: E731
     body = onnx.helper.make_graph([relu("step"), relu("Relu")], "body", [], [])
