@@ -58,7 +58,8 @@ kernels-emulated: $(STAMP)
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/bench_kernels_gpu.py
 
-# For a machine with a CUDA GPU, PyTorch, cmake and nvcc: builds the kernels for that GPU, runs the GPU
+# For a machine with a CUDA GPU, PyTorch, cmake and nvcc: builds the kernels for that GPU (and the ONNX
+# Runtime ops' CUDA side when build/ort-headers is there, from `make native`), runs the GPU
 # tests and the GPU benchmarks, writes build/gpu-check/gpu_check.json. Installs nothing and uses no .venv.
 gpu-check:
 	PYTHONPATH=$(CURDIR) $(PYTHON) -m benchmarks.gpu_check

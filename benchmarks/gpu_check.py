@@ -3,8 +3,9 @@
     PYTHONPATH=. python3 -m benchmarks.gpu_check [--out build/gpu-check/gpu_check.json]
 
 Needs a CUDA GPU, PyTorch with CUDA, cmake and nvcc; runs from the source tree. Stages:
-  build   librmeeto_kernels.so for this GPU (CMAKE_CUDA_ARCHITECTURES=native) in build/gpu-check/
-  tests   every test marked `gpu`, on that library (pytest -m gpu)
+  build   librmeeto_kernels.so for this GPU (CMAKE_CUDA_ARCHITECTURES=native) in build/gpu-check/, and
+          librmeeto_ort_ops.so with its CUDA ops when ONNX Runtime's headers are in build/ort-headers
+  tests   every test marked `gpu`, on those libraries (pytest -m gpu)
   scan    selective scan at Vim-S/B shapes, batch 1, 8, 64, 128: ms, GB/s, % of the GPU's peak
           bandwidth, the PyTorch reference and mamba-ssm's selective_scan_fn when importable
   merge   one token merge step at the same batches, and its share of one block's time
@@ -56,17 +57,36 @@ def missing_requirements() -> list[str]:
     return missing + [f"{tool} on PATH" for tool in ("cmake", "nvcc") if shutil.which(tool) is None]
 
 
+def ort_headers_found(build_dir: Path) -> bool:
+    """Whether CMake found ONNX Runtime's headers (build/ort-headers, fetched by `make native`), so that
+    the ONNX Runtime op library gets its CUDA ops."""
+    cache = (build_dir / "CMakeCache.txt").read_text()
+    found = [line.split("=", 1)[1] for line in cache.splitlines() if line.startswith("ONNXRUNTIME_INCLUDE_DIR:")]
+    return bool(found) and not found[0].endswith("NOTFOUND")
+
+
 def build_kernels(args: argparse.Namespace) -> dict:
     generator = ["-G", "Ninja"] if shutil.which("ninja") and not (args.build_dir / "CMakeCache.txt").exists() else []
     configure = ["cmake", "-S", str(REPO / "plugins_trt"), "-B", str(args.build_dir), *generator,
                  "-DCMAKE_CUDA_ARCHITECTURES=native", "-DTENSORRT_ROOT="]  # fmt: skip
-    for command in (configure, ["cmake", "--build", str(args.build_dir), "--target", "rmeeto_kernels", "-j", str(os.cpu_count())]):
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(command[:2])} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    run_command(configure)
+    with_ort = ort_headers_found(args.build_dir)
+    targets = ["rmeeto_kernels", *(["rmeeto_ort_ops"] if with_ort else [])]
+    run_command(["cmake", "--build", str(args.build_dir), "--target", *targets, "-j", str(os.cpu_count())])
     library = args.build_dir / "librmeeto_kernels.so"
     os.environ["RMEETO_KERNELS_LIB"] = str(library)  # for the tests and the measurements below
-    return {"library": str(library)}
+    if not with_ort:
+        return {"library": str(library), "ort_ops": "not built: no ONNX Runtime headers (`make native` fetches them)"}
+    from rmeeto_export import native
+
+    os.environ[native.DIR_ENV_VAR] = str(args.build_dir)  # the tests' ONNX Runtime op library, with its CUDA ops
+    return {"library": str(library), "ort_ops": str(args.build_dir / native.ORT_OPS_LIBRARY)}
+
+
+def run_command(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:2])} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
 
 def junit_counts(path: Path) -> dict:

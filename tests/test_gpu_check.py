@@ -113,3 +113,10 @@ def test_model_rows_become_the_plain_vs_merged_figure(tmp_path):
     assert line == f"figure: {tmp_path / gpu_check.THROUGHPUT_FIGURE}"
     assert (tmp_path / gpu_check.THROUGHPUT_FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert gpu_check.throughput_plot(None, tmp_path / "gpu_check.json") is None  # the model stage failed or was skipped
+
+
+@pytest.mark.parametrize("value, found", [("/repo/build/ort-headers/usr/include/onnxruntime", True),
+                                          ("ONNXRUNTIME_INCLUDE_DIR-NOTFOUND", False)])
+def test_the_onnx_runtime_ops_are_built_only_where_cmake_found_the_headers(tmp_path, value, found):
+    (tmp_path / "CMakeCache.txt").write_text(f"CMAKE_BUILD_TYPE:STRING=Release\nONNXRUNTIME_INCLUDE_DIR:PATH={value}\n")
+    assert gpu_check.ort_headers_found(tmp_path) is found
