@@ -3,10 +3,12 @@
 // (scan_block.h) sets the vector width; the variant is chosen at run time (scan_variant.cpp). Every loop here
 // is written to be vectorised, exp and log included (libm's are one call per element). Everything has
 // internal linkage except the entry point, so no AVX code can stand in for a baseline symbol.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "scan_block.h"
 
@@ -59,12 +61,16 @@ __attribute__((always_inline)) inline V expOf(V x)
     return x > kMaxExpArgument ? zero + std::numeric_limits<float>::infinity() : belowRange;
 }
 
-// log(w) for w in [1, 2]: w = m 2^e with m in [sqrt(1/2), sqrt(2)], log(m) by Cephes' logf polynomial.
+constexpr uint32_t kAboveSqrtHalfBits = 0x3f3504f4; // the float after sqrt(1/2)
+
+// log(w) for w in [1, 2]: w = m 2^e with m in [sqrt(1/2), sqrt(2)], log(m) by Cephes' logf polynomial. m and e
+// come from the bits (adding 1 - kAboveSqrtHalf carries w > sqrt(2) into the next binade), not from a select,
+// for which GCC evaluates the polynomial and the division after it twice.
 __attribute__((always_inline)) inline float logOneToTwo(float w)
 {
-    const bool halve = w > 1.41421356f;
-    const float e = halve ? 1.0f : 0.0f;
-    const float x = (halve ? w * 0.5f : w) - 1.0f;
+    const uint32_t bits = bitsOf(w) + (bitsOf(1.0f) - kAboveSqrtHalfBits);
+    const float e = static_cast<float>(static_cast<int32_t>(bits >> 23) - 127);
+    const float x = floatOf((bits & 0x7fffffu) + kAboveSqrtHalfBits) - 1.0f;
     const float z = x * x;
     float p = 7.0376836292e-2f;
     p = p * x - 1.1514610310e-1f;
@@ -101,28 +107,55 @@ void store(float* p, Lanes v)
     std::memcpy(p, &v, sizeof v);
 }
 
-} // namespace
+// Lane i of the result is lane Half * kLanes / 2 + i / 2 of a (i even) or of b (i odd).
+template <int Half, int... I>
+Lanes interleave(Lanes a, Lanes b, std::integer_sequence<int, I...>)
+{
+    return __builtin_shufflevector(a, b, (Half * kLanes / 2 + I / 2 + I % 2 * kLanes)...);
+}
 
-void scanBlock(const ChannelBlock& c)
+// Transposes kLanes x kLanes floats, rows `fromStride` apart, into rows `toStride` apart: log2(kLanes)
+// rounds of interleaving row i with row i + kLanes / 2 (the perfect shuffle), whole vectors throughout.
+void transposeTile(const float* from, size_t fromStride, float* to, size_t toStride)
+{
+    constexpr auto lanes = std::make_integer_sequence<int, kLanes>();
+    Lanes rows[kLanes], next[kLanes];
+    for (int i = 0; i < kLanes; ++i)
+        rows[i] = load(from + i * fromStride);
+    for (int round = 1; round < kLanes; round *= 2)
+    {
+        for (int i = 0; i < kLanes / 2; ++i)
+        {
+            next[2 * i] = interleave<0>(rows[i], rows[i + kLanes / 2], lanes);
+            next[2 * i + 1] = interleave<1>(rows[i], rows[i + kLanes / 2], lanes);
+        }
+        std::memcpy(rows, next, sizeof rows);
+    }
+    for (int i = 0; i < kLanes; ++i)
+        store(to + i * toStride, rows[i]);
+}
+
+// kLanes rows of `length` floats (a multiple of kLanes), `length` apart, into lane-minor (length, kLanes), or back.
+void rowsToLanes(const float* rows, size_t length, float* lanes)
+{
+    for (size_t t = 0; t < length; t += kLanes)
+        transposeTile(rows + t, length, lanes + t * kLanes, kLanes);
+}
+
+void lanesToRows(const float* lanes, size_t length, float* rows)
+{
+    for (size_t t = 0; t < length; t += kLanes)
+        transposeTile(lanes + t * kLanes, kLanes, rows + t, length);
+}
+
+// The scan proper, lane-minor: h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, y_t = sum over n of C_t h_t in order.
+void scanLanes(const ChannelBlock& c, const float* __restrict dt, const float* __restrict dtu,
+    const float* __restrict A, float* __restrict h, float* __restrict y)
 {
     constexpr int W = kLanes;
     const int L = c.seqlen, N = c.dstate;
-    float* __restrict dt = c.delta;
-    float* __restrict dtu = c.scratch;
-    float* __restrict h = dtu + static_cast<size_t>(L) * W;
-    const float* __restrict u = c.u;
-    for (int t = 0; t < L; ++t)
-        for (int lane = 0; lane < W; ++lane)
-        {
-            const int i = t * W + lane;
-            const float step = dt[i] + c.deltaBias[lane];
-            dt[i] = c.deltaSoftplus ? softplus(step) : step;
-            dtu[i] = dt[i] * u[i];
-        }
     for (int i = 0; i < N * W; ++i)
         h[i] = 0.0f;
-    const float* __restrict A = c.A;
-    float* __restrict y = c.y;
     for (int step = 0; step < L; ++step)
     {
         const int t = c.reverse ? L - 1 - step : step;
@@ -138,15 +171,70 @@ void scanBlock(const ChannelBlock& c)
         }
         store(y + t * W, yT);
     }
-    for (int t = 0; t < L; ++t)
-        for (int lane = 0; lane < W; ++lane)
+}
+
+} // namespace
+
+// Row-wise (each channel's time steps contiguous, so these loops vectorise over t): dt and dt * u before
+// the scan, D and the gate after it; the lane-minor scan between them, reached by tile transposes.
+// Channels past c.channels scan zeros.
+void scanBlock(const ChannelBlock& c)
+{
+    constexpr int W = kLanes;
+    const size_t L = static_cast<size_t>(c.seqlen), N = static_cast<size_t>(c.dstate);
+    const size_t paddedL = (L + W - 1) / W * W;
+    float* __restrict dtRows = c.scratch; // later y's rows
+    float* __restrict dtuRows = dtRows + W * paddedL;
+    float* __restrict dt = dtuRows + W * paddedL;
+    float* __restrict dtu = dt + paddedL * W;
+    float* __restrict y = dtu + paddedL * W;
+    float* __restrict h = y + paddedL * W;
+    float* __restrict A = h + N * W;
+    for (int lane = 0; lane < W; ++lane)
+    {
+        float* __restrict dtRow = dtRows + lane * paddedL;
+        float* __restrict dtuRow = dtuRows + lane * paddedL;
+        const size_t length = lane < c.channels ? L : 0;
+        if (length)
         {
-            const int i = t * W + lane;
-            if (c.D)
-                y[i] += c.D[lane] * u[i];
-            if (c.z)
-                y[i] *= c.z[i] / (1.0f + expOf(-c.z[i])); // SiLU
+            const float* __restrict delta = c.delta + lane * L;
+            const float* __restrict u = c.u + lane * L;
+            const float bias = c.deltaBias ? c.deltaBias[lane] : 0.0f;
+            for (size_t t = 0; t < L; ++t)
+            {
+                const float step = delta[t] + bias;
+                dtRow[t] = c.deltaSoftplus ? softplus(step) : step;
+                dtuRow[t] = dtRow[t] * u[t];
+            }
         }
+        std::fill(dtRow + length, dtRow + paddedL, 0.0f); // padding: zero steps leave the states at zero
+        std::fill(dtuRow + length, dtuRow + paddedL, 0.0f);
+    }
+    rowsToLanes(dtRows, paddedL, dt);
+    rowsToLanes(dtuRows, paddedL, dtu);
+    for (size_t n = 0; n < N; ++n)
+        for (int lane = 0; lane < W; ++lane)
+            A[n * W + lane] = lane < c.channels ? c.A[lane * N + n] : 0.0f;
+    scanLanes(c, dt, dtu, A, h, y);
+    float* __restrict yRows = dtRows;
+    lanesToRows(y, paddedL, yRows);
+    for (int lane = 0; lane < c.channels; ++lane)
+    {
+        const float* __restrict yRow = yRows + lane * paddedL;
+        const float* __restrict u = c.u + lane * L;
+        const float* __restrict z = c.z ? c.z + lane * L : nullptr;
+        const float D = c.D ? c.D[lane] : 0.0f;
+        float* __restrict out = c.y + lane * L;
+        for (size_t t = 0; t < L; ++t)
+        {
+            float value = yRow[t];
+            if (c.D)
+                value += D * u[t];
+            if (z)
+                value *= z[t] / (1.0f + expOf(-z[t])); // SiLU
+            out[t] = value;
+        }
+    }
 }
 
 } // namespace RMEETO_SCAN_VARIANT

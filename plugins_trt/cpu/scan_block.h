@@ -3,27 +3,37 @@
 #ifndef RMEETO_CPU_SCAN_BLOCK_H
 #define RMEETO_CPU_SCAN_BLOCK_H
 
+#include <cstddef>
+
 namespace rmeeto_cpu
 {
 
-// A block is `lanes` channels side by side, lanes being the variant's kLanes (one vector of fp32, or two
-// SSE ones for the baseline). Every per-channel array is lane-minor, [t or n][lane], so each step's work
-// is whole vectors and y needs no horizontal sum.
+// A block is up to `lanes` consecutive channels of one sample, `lanes` being the variant's kLanes (one
+// vector of fp32, or two SSE ones for the baseline). The variant moves them into lane-minor arrays,
+// [t or n][lane], so each step's work is whole vectors and y needs no horizontal sum.
 struct ChannelBlock
 {
-    int dstate, seqlen;
+    int channels, dstate, seqlen; // channels <= lanes
     bool reverse, deltaSoftplus;
-    const float* A;         // (dstate, lanes)
+    const float* u;         // (channels, seqlen)
+    const float* delta;     // (channels, seqlen)
+    const float* z;         // (channels, seqlen) gate, or nullptr
+    const float* A;         // (channels, dstate)
+    const float* D;         // (channels,) or nullptr
+    const float* deltaBias; // (channels,) or nullptr
     const float* Bt;        // (seqlen, dstate): time-major, shared by every channel of the sample
     const float* Ct;        // (seqlen, dstate)
-    const float* D;         // (lanes,) or nullptr
-    const float* deltaBias; // (lanes,)
-    const float* u;         // (seqlen, lanes)
-    const float* z;         // (seqlen, lanes) gate, or nullptr
-    float* delta;           // (seqlen, lanes) in: delta; overwritten with dt
-    float* scratch;         // (seqlen + dstate) * lanes floats
-    float* y;               // (seqlen, lanes) out
+    float* scratch;         // scanBlockScratch(lanes, seqlen, dstate) floats
+    float* y;               // (channels, seqlen) out
 };
+
+// The scratch a block of `lanes` channels needs: dt and dt * u both as rows and lane-minor, y lane-minor,
+// the states and A lane-minor; seqlen rounded up to whole lanes x lanes tiles.
+constexpr size_t scanBlockScratch(int lanes, int seqlen, int dstate)
+{
+    const size_t paddedSeqlen = (static_cast<size_t>(seqlen) + lanes - 1) / lanes * lanes;
+    return (5 * paddedSeqlen + 2 * static_cast<size_t>(dstate)) * lanes;
+}
 
 // The variants; CMakeLists.txt compiles those of the target architecture.
 namespace baseline // the architecture's baseline (x86-64: SSE2)

@@ -2,6 +2,7 @@
 // scanned side by side in the vector lanes of the variant that runs (scan_block.h). Semantics are those of
 // rmeeto_selective_scan_fwd (kernels/rmeeto_kernels.h).
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_common.h"
@@ -30,41 +31,56 @@ void transposeToTimeMajor(const T* x, int32_t dstate, int32_t seqlen, float* xt)
             xt[static_cast<size_t>(t) * dstate + n] = toFloat(x[static_cast<size_t>(n) * seqlen + t]);
 }
 
-// Scans channels d0 .. d0 + variant.lanes - 1 of sample b (lanes past the last channel scan zeros and are
-// dropped): gathers them lane-minor in fp32, scans, scatters the outputs back in T.
+// One task's scratch, kept by its thread across tasks and calls (a fresh, zeroed vector per task cost ~3% of a scan).
+float* taskScratch(size_t floats)
+{
+    thread_local std::vector<float> scratch;
+    if (scratch.size() < floats)
+        scratch.resize(floats);
+    return scratch.data();
+}
+
+template <typename T>
+const float* toFloatRows(const T* from, size_t count, float* to)
+{
+    for (size_t i = 0; i < count; ++i)
+        to[i] = toFloat(from[i]);
+    return to;
+}
+
+// Scans channels d0 .. d0 + variant.lanes - 1 of sample b (those that exist): fp32 in place, other dtypes
+// through fp32 copies of their rows.
 template <typename T>
 void scanChannelBlock(
     const ScanArgs<T>& a, const ScanVariant& variant, int32_t b, int32_t d0, const float* Bt, const float* Ct)
 {
-    const int W = variant.lanes;
-    const size_t L = static_cast<size_t>(a.seqlen), N = static_cast<size_t>(a.dstate);
-    std::vector<float> buffer((5 * L + 2 * N + 2) * W); // delta, u, z, y, scratch (L + N), A (N), bias, D
-    float *delta = buffer.data(), *u = delta + L * W, *z = u + L * W, *y = z + L * W, *scratch = y + L * W;
-    float *A = scratch + (L + N) * W, *bias = A + N * W, *D = bias + W;
-    const int32_t lanes = std::min(W, a.dim - d0);
-    for (int32_t lane = 0; lane < lanes; ++lane)
+    const int32_t channels = std::min(variant.lanes, a.dim - d0);
+    const size_t first = (static_cast<size_t>(b) * a.dim + d0) * a.seqlen;
+    const size_t rowFloats = static_cast<size_t>(channels) * a.seqlen;
+    const size_t blockScratch = scanBlockScratch(variant.lanes, a.seqlen, a.dstate);
+    constexpr bool isFloat = std::is_same_v<T, float>;
+    float* scratch = taskScratch(blockScratch + (isFloat ? 0 : 4 * rowFloats));
+    ChannelBlock block{channels, a.dstate, a.seqlen, a.reverse, a.deltaSoftplus, nullptr, nullptr, nullptr,
+        a.A + static_cast<size_t>(d0) * a.dstate, a.D ? a.D + d0 : nullptr, a.deltaBias ? a.deltaBias + d0 : nullptr,
+        Bt, Ct, scratch, nullptr};
+    if constexpr (isFloat)
     {
-        const int32_t d = d0 + lane;
-        const size_t row = (static_cast<size_t>(b) * a.dim + d) * L;
-        for (size_t t = 0; t < L; ++t)
-        {
-            delta[t * W + lane] = toFloat(a.delta[row + t]);
-            u[t * W + lane] = toFloat(a.u[row + t]);
-            z[t * W + lane] = a.z ? toFloat(a.z[row + t]) : 0.0f;
-        }
-        for (size_t n = 0; n < N; ++n)
-            A[n * W + lane] = a.A[d * N + n];
-        bias[lane] = a.deltaBias ? a.deltaBias[d] : 0.0f;
-        D[lane] = a.D ? a.D[d] : 0.0f;
+        block.u = a.u + first;
+        block.delta = a.delta + first;
+        block.z = a.z ? a.z + first : nullptr;
+        block.y = a.out + first;
+        variant.scanBlock(block);
     }
-    const ChannelBlock block{a.dstate, a.seqlen, a.reverse, a.deltaSoftplus, A, Bt, Ct, a.D ? D : nullptr, bias, u,
-        a.z ? z : nullptr, delta, scratch, y};
-    variant.scanBlock(block);
-    for (int32_t lane = 0; lane < lanes; ++lane)
+    else
     {
-        const size_t row = (static_cast<size_t>(b) * a.dim + d0 + lane) * L;
-        for (size_t t = 0; t < L; ++t)
-            a.out[row + t] = fromFloat<T>(y[t * W + lane]);
+        float* rows = scratch + blockScratch;
+        block.u = toFloatRows(a.u + first, rowFloats, rows);
+        block.delta = toFloatRows(a.delta + first, rowFloats, rows + rowFloats);
+        block.z = a.z ? toFloatRows(a.z + first, rowFloats, rows + 2 * rowFloats) : nullptr;
+        block.y = rows + 3 * rowFloats;
+        variant.scanBlock(block);
+        for (size_t i = 0; i < rowFloats; ++i)
+            a.out[first + i] = fromFloat<T>(block.y[i]);
     }
 }
 
