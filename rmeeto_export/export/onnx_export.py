@@ -32,6 +32,7 @@ from rmeeto_export.export.batch import BatchSpec, parse_batch
 from rmeeto_export.export.functions import ONNX_OPSET, custom_functions
 from rmeeto_export.export.static_shapes import fold_static_shapes
 from rmeeto_export.export.symbolics import ExportError, register_symbolics, symbolic_batch
+from rmeeto_export.models.ops import native_values_while_tracing
 from rmeeto_export.precision import EXPORTED_PRECISIONS, check_precision
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # keys: precision.EXPORTED_PRECISIONS
@@ -91,7 +92,7 @@ def export_module(
     register_symbolics()
     buffer = io.BytesIO()
     try:
-        with torch.no_grad(), warnings.catch_warnings(), symbolic_batch(dynamic_batch):
+        with torch.no_grad(), warnings.catch_warnings(), symbolic_batch(dynamic_batch), native_values_while_tracing():
             # The TorchScript exporter is deprecated, but it is the one that keeps custom-domain nodes;
             # its notes on constant folding (e.g. the backward conv's flipped weight) are harmless.
             warnings.simplefilter("ignore", DeprecationWarning)

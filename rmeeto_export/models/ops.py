@@ -8,7 +8,9 @@ backward, so re-training works on any device without a hand-written backward.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,24 @@ except Exception:  # noqa: BLE001 - its import fails in many ways without CUDA e
 # inference, for the scan and the merge; traced/exported models and autograd still go through the ops.
 # "auto" takes them when they are built and the reference ops otherwise.
 SCAN_BACKENDS = ("auto", "reference", "mamba_ssm", "native")
+
+
+# Set by native_values_while_tracing (export's trace); read by the scan op's CPU implementation.
+_native_scan_values = contextvars.ContextVar("rmeeto_native_scan_values", default=False)
+
+
+@contextlib.contextmanager
+def native_values_while_tracing() -> Iterator[None]:
+    """Within it the scan op computes its outputs on the native CPU kernels, where they are built.
+
+    For export only: a trace records the op call, not how its output was computed, so the graph is
+    the same byte for byte; and the reference scan, step by step, is what tracing a model spends most on.
+    """
+    token = _native_scan_values.set(True)
+    try:
+        yield
+    finally:
+        _native_scan_values.reset(token)
 
 
 SCAN_CHUNK = 16  # steps whose (l, b, d, n) intermediates are built at once: they stay in cache
@@ -106,6 +126,8 @@ def _selective_scan_op(
     delta_softplus: bool,
     reverse: bool,
 ) -> Tensor:
+    if _native_scan_values.get() and native.supports(u, delta, A, B, C, D, z, delta_bias):
+        return native.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
 

@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from rmeeto_export.errors import UserError
-from rmeeto_export.export import check_graph, export_onnx
+from rmeeto_export.export import build_onnx, check_graph, export_onnx
 from rmeeto_export.contracts import DOMAIN, SELECTIVE_SCAN, TOKEN_MERGE
 from rmeeto_export.export.graph_checks import custom_op_counts, inferred
 from rmeeto_export.export.onnx_export import inline_custom_ops, with_unique_node_names
 from rmeeto_export.export.parity import run_onnx
 from rmeeto_export.models.vim import create_model
 from tests.support.models import TINY_VIM, tiny_vim
+from tests.support.native_build import native_dir, native_ops  # noqa: F401 - fixtures
 
 VARIANTS = [("fp32", False), ("fp32", True), ("fp16", False), ("fp16", True)]
 VARIANT_IDS = ["fp32-custom", "fp32-portable", "fp16-custom", "fp16-portable"]
@@ -113,6 +114,19 @@ def test_inlining_keeps_every_weight_and_leaves_its_input_as_it_was(exported):
     assert model.SerializeToString() == before
     weights = lambda m: [tensor.SerializeToString() for tensor in m.graph.initializer]  # noqa: E731
     assert weights(inlined) == weights(model) and len(weights(model)) > 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_the_trace_takes_scan_values_from_the_native_kernels_and_the_graph_is_the_same(native_ops, monkeypatch, precision):
+    model = tiny_vim(merge_r=2)
+    calls = []
+    native_scan = native_ops.selective_scan
+    monkeypatch.setattr(native_ops, "selective_scan", lambda *args: calls.append(args) or native_scan(*args))
+    on_native = build_onnx(model, precision=precision).SerializeToString()
+    assert len(calls) == 2 * TINY_VIM["depth"]  # every scan of the trace, both directions
+    monkeypatch.setattr(native_ops, "supports", lambda *tensors: False)
+    assert build_onnx(model, precision=precision).SerializeToString() == on_native  # on the reference
+    assert len(calls) == 2 * TINY_VIM["depth"]
 
 
 def test_repeated_node_names_get_deterministic_suffixes():
