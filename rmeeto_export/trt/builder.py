@@ -74,6 +74,8 @@ def build_engine(
         config.num_compute_capabilities = 1
         config.set_compute_capability(rtx_compute_capability_enum(trt_backend.trt, cc), 0)
     batch_range = _add_batch_profile(builder, config, network, batch)
+    if precision == "fp32":  # TF32 (on by default) rounds fp32 matmul inputs to 10 bits: 1e-3, not fp32's 1e-5
+        config.clear_flag(trt_backend.trt.BuilderFlag.TF32)
     cache = _attach_timing_cache(trt_backend, config, timing_cache)
 
     serialized = builder.build_serialized_network(network, config)
@@ -95,6 +97,7 @@ def build_engine(
         plugins=plugin_source,
         flags={
             "strongly_typed": True,
+            "tf32": config.get_flag(trt_backend.trt.BuilderFlag.TF32),
             "timing_cache": None if cache is None else str(timing_cache),
             "plugin_mode": plugins,
         },

@@ -133,3 +133,10 @@ def test_types_the_plugins_do_not_take_are_a_user_error_before_building(tmp_path
     with pytest.raises(UserError, match="TokenMerge node .*: input 1 is HALF"):
         build_engine(onnx_path, tmp_path / "model.engine", backend="tensorrt-rtx", plugins="python", precision="fp16")
     assert _files(tmp_path) == ["model.onnx"]
+
+
+def test_fp32_engines_are_built_without_tf32(tmp_path, rtx):
+    onnx_path = write_standard_graph(tmp_path / "model.onnx", batch=1)
+    fp32 = build_engine(onnx_path, tmp_path / "fp32.engine", backend="tensorrt-rtx", plugins="off")
+    fp16 = build_engine(onnx_path, tmp_path / "fp16.engine", backend="tensorrt-rtx", plugins="off", precision="fp16")
+    assert fp32.flags["tf32"] is False and fp16.flags["tf32"] is True  # TensorRT's default for the rest
