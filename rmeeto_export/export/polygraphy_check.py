@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from rmeeto_export.export.batch import BatchRange
 from rmeeto_export.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from rmeeto_export.export.parity import TOLERANCES
 from rmeeto_export.files import atomic_open
@@ -71,9 +72,21 @@ def check_command(onnx_name: str, precision: str, scale: float) -> list[str]:
             *tolerance_options(precision, scale)]
 
 
-def target_commands(*, onnx_name: str, engine_name: Optional[str], plugin_library: Optional[str], flavour: Optional[str],
-                    precision: str, scale: float) -> list[tuple[str, str]]:
-    """(what it checks, command line) for the report: run them in the build folder, on any machine or the target."""
+def profile_options(image_shape: tuple[int, ...], batch: BatchRange) -> list[str]:
+    """Polygraphy's options for a TensorRT build of a graph with a batch range: the engine's profile."""
+    if not batch.dynamic:
+        return []
+    shape = lambda size: f"{INPUT_NAME}:[{','.join(map(str, (size, *image_shape)))}]"  # noqa: E731
+    return ["--trt-min-shapes", shape(batch.min), "--trt-opt-shapes", shape(batch.opt), "--trt-max-shapes", shape(batch.max)]
+
+
+def target_commands(*, onnx_name: str, engine_graph: str, engine_name: Optional[str], plugin_library: Optional[str],
+                    flavour: Optional[str], precision: str, scale: float, image_shape: tuple[int, ...],
+                    batch: BatchRange) -> list[tuple[str, str]]:
+    """(what it checks, command line) for the report: run them in the build folder, on any machine or the target.
+
+    engine_graph: the graph the engine was built from; image_shape: one image's (channels, height, width).
+    """
     tolerance = tolerance_options(precision, scale)
     commands = [("ONNX Runtime vs PyTorch (any machine)", check_command(onnx_name, precision, scale))]
     if engine_name is not None:
@@ -84,9 +97,11 @@ def target_commands(*, onnx_name: str, engine_name: Optional[str], plugin_librar
              [*prefix, "polygraphy", "run", engine_name, "--model-type", "engine", "--trt", *plugins,
               "--load-inputs", INPUTS, "--load-outputs", OUTPUTS, *tolerance]),
             ("a TensorRT build vs ONNX Runtime (target GPU)",
-             [*prefix, "polygraphy", "run", onnx_name, "--trt", *plugins, "--onnxrt", "--load-inputs", INPUTS, *tolerance]),
+             [*prefix, "polygraphy", "run", engine_graph, "--trt", *plugins, *profile_options(image_shape, batch),
+              "--onnxrt", "--load-inputs", INPUTS, *tolerance]),
         ]
         if flavour == "tensorrt":  # trtexec is full TensorRT's tool
             dynamic = [f"--dynamicPlugins=./{plugin_library}"] if plugin_library else []
-            commands.append(("latency and throughput (target GPU)", ["trtexec", f"--loadEngine={engine_name}", *dynamic]))
+            shapes = [f"--shapes={INPUT_NAME}:{'x'.join(map(str, (batch.opt, *image_shape)))}"] if batch.dynamic else []
+            commands.append(("latency and throughput (target GPU)", ["trtexec", f"--loadEngine={engine_name}", *dynamic, *shapes]))
     return [(what, shlex.join(command)) for what, command in commands]

@@ -49,6 +49,7 @@ def _figure_lines(folder: "BuildFolder") -> list[str]:
 
 def target_commands_section(folder: "BuildFolder") -> list[str]:
     """The Polygraphy / trtexec commands that repeat the parity check and run the engine, in this folder."""
+    from rmeeto_export.export.batch import BatchRange
     from rmeeto_export.export.parity import TOLERANCES
     from rmeeto_export.export.polygraphy_check import OUTPUTS, logit_scale, target_commands
     from rmeeto_export.pipelines.folder import ONNX
@@ -59,11 +60,14 @@ def target_commands_section(folder: "BuildFolder") -> list[str]:
         return []
     library = engine["plugins"]["library"] if engine and engine["plugins"] else None
     python_plugins = library == PYTHON_PLUGINS
+    image = engine["inputs"][0] if engine and engine.get("inputs") else {"shape": (1,)}  # the engine's record
     commands = target_commands(
-        onnx_name=ONNX, engine_name=engine["file"] if engine and not python_plugins else None,
+        onnx_name=ONNX, engine_graph=engine["from"] if engine else ONNX,
+        engine_name=engine["file"] if engine and not python_plugins else None,
         flavour=engine["trt_flavour"] if engine else None,
         plugin_library=Path(library).name if library and not python_plugins else None,
-        precision=precision, scale=logit_scale(folder.root))
+        precision=precision, scale=logit_scale(folder.root), image_shape=tuple(image["shape"][1:]),
+        batch=BatchRange(**engine["batch"]) if engine else BatchRange.fixed(1))
     lines = ["", "## Check and run on the target", "",
              "Run these in this folder (copy it to the target as it is); the tolerances are this build's parity "
              "tolerances, against the PyTorch logits in parity_outputs.json.", ""]

@@ -53,3 +53,13 @@ def test_package_writes_a_triton_model(range_build, tmp_path):
                                model_config_pb2.ModelConfig())
     assert config.name == "vim_tiny" and config.max_batch_size == 16
     assert (tmp_path / "models" / "vim_tiny" / "1" / "model.plan").read_bytes() == (range_build / "model.engine").read_bytes()
+
+
+@pytest.mark.skipif(not HAS_RTX, reason=RTX_MISSING)
+def test_report_builds_the_engines_graph_with_its_batch_profile(range_build):
+    engine = json.loads((range_build / "manifest.json").read_text())["engine"]
+    _, channels, height, width = engine["inputs"][0]["shape"]
+    shape = lambda size: f"'images:[{size},{channels},{height},{width}]'"  # noqa: E731
+    report = (range_build / "report.md").read_text()
+    build = next(line for line in report.splitlines() if "polygraphy run model.portable.onnx --trt" in line)
+    assert f"--trt-min-shapes {shape(1)} --trt-opt-shapes {shape(4)} --trt-max-shapes {shape(16)}" in build
