@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,20 @@ def test_wrong_environment_variable_fails_the_scan_with_a_user_error(native_dir)
     )
     result = _run_with_variant_variable("avx9000", code, native_dir)
     assert result.stdout.strip() == "RMEETO_CPU_SCAN_VARIANT=avx9000: unknown CPU scan variant; the variants are avx512, avx2, baseline"
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="nm (binutils) lists the variants' symbols")
+def test_scan_variants_share_no_code(native_dir):
+    """Each variant's object defines its entry point alone: a shared (weak) copy of a helper compiled for
+    AVX-512 could otherwise stand in for the baseline's and fault on CPUs without it."""
+    objects = sorted(native_dir.glob("CMakeFiles/rmeeto_scan_block_*.dir/*.o"))
+    assert objects
+    for obj in objects:
+        listing = subprocess.run(["nm", "-C", "--defined-only", "--extern-only", str(obj)], capture_output=True, text=True, check=True)
+        variant = obj.parent.name.removeprefix("rmeeto_scan_block_").removesuffix(".dir")
+        assert [line.split(" ", 2)[2] for line in listing.stdout.splitlines()] == [
+            f"rmeeto_cpu::{variant}::scanBlock(rmeeto_cpu::ChannelBlock const&)"
+        ]
 
 
 def test_thread_count_does_not_change_the_scan(native_ops):

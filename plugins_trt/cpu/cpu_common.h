@@ -11,6 +11,17 @@
 namespace rmeeto_cpu
 {
 
+// Activations as stored: fp32, IEEE half (_Float16, GCC >= 12 on x86-64 and aarch64) or bfloat16 bits.
+struct BFloat16
+{
+    uint16_t bits;
+};
+
+// Internal linkage: the scan's variants compile these for AVX2 and AVX-512 too (scan_block.cpp), and a
+// shared out-of-line copy could then stand in for the baseline one.
+namespace
+{
+
 inline uint32_t bitsOf(float x)
 {
     uint32_t bits;
@@ -24,12 +35,6 @@ inline float floatOf(uint32_t bits)
     std::memcpy(&x, &bits, sizeof x);
     return x;
 }
-
-// Activations as stored: fp32, IEEE half (_Float16, GCC >= 12 on x86-64 and aarch64) or bfloat16 bits.
-struct BFloat16
-{
-    uint16_t bits;
-};
 
 inline float toFloat(float x) { return x; }
 inline float toFloat(_Float16 x) { return static_cast<float>(x); }
@@ -50,6 +55,8 @@ inline BFloat16 fromFloat<BFloat16>(float x)
         return BFloat16{static_cast<uint16_t>((bits >> 16) | 0x40u)};
     return BFloat16{static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16)};
 }
+
+} // namespace
 
 // Runs task(i) for i in [0, count) as `threads` says (see rmeeto_cpu_threads_t).
 void parallelFor(const rmeeto_cpu_threads_t* threads, size_t count, const std::function<void(size_t)>& task);

@@ -11,8 +11,10 @@
 #include <immintrin.h>
 #endif
 #include <limits>
+#include <type_traits>
 #include <utility>
 
+#include "cpu_common.h"
 #include "scan_block.h"
 
 namespace rmeeto_cpu
@@ -26,10 +28,10 @@ namespace
 typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 typedef uint32_t BitLanes __attribute__((vector_size(kLanes * sizeof(uint32_t))));
 
-// The bits of one float or of each lane, and back: the exp below serves both.
-uint32_t bitsOf(float x) { return __builtin_bit_cast(uint32_t, x); }
+// The bits of one float (cpu_common.h) or of each lane, and back: the exp below serves both.
+using rmeeto_cpu::bitsOf;
+using rmeeto_cpu::floatOf;
 BitLanes bitsOf(Lanes x) { return __builtin_bit_cast(BitLanes, x); }
-float floatOf(uint32_t bits) { return __builtin_bit_cast(float, bits); }
 Lanes floatOf(BitLanes bits) { return __builtin_bit_cast(Lanes, bits); }
 
 constexpr float kLn2High = 0.693359375f; // ln 2 in two parts: k * kLn2High is exact for |k| < 2^9
@@ -189,12 +191,10 @@ void scanLanes(const ChannelBlock& c, const float* __restrict dt, const float* _
     }
 }
 
-} // namespace
-
 // Row-wise (each channel's time steps contiguous, so these loops vectorise over t): dt and dt * u before
-// the scan, D and the gate after it; the lane-minor scan between them, reached by tile transposes.
-// Channels past c.channels scan zeros.
-void scanBlock(const ChannelBlock& c)
+// the scan, D and the gate after it; the lane-minor scan between them, reached by tile transposes. u,
+// delta, z and out are (channels, seqlen); channels past c.channels scan zeros.
+void scanRows(const ChannelBlock& c, const float* u, const float* delta, const float* z, float* out)
 {
     constexpr int W = kLanes;
     const size_t L = static_cast<size_t>(c.seqlen), N = static_cast<size_t>(c.dstate);
@@ -213,14 +213,14 @@ void scanBlock(const ChannelBlock& c)
         const size_t length = lane < c.channels ? L : 0;
         if (length)
         {
-            const float* __restrict delta = c.delta + lane * L;
-            const float* __restrict u = c.u + lane * L;
+            const float* __restrict deltaRow = delta + lane * L;
+            const float* __restrict uRow = u + lane * L;
             const float bias = c.deltaBias ? c.deltaBias[lane] : 0.0f;
             for (size_t t = 0; t < L; ++t)
             {
-                const float step = delta[t] + bias;
+                const float step = deltaRow[t] + bias;
                 dtRow[t] = c.deltaSoftplus ? softplus(step) : step;
-                dtuRow[t] = dtRow[t] * u[t];
+                dtuRow[t] = dtRow[t] * uRow[t];
             }
         }
         std::fill(dtRow + length, dtRow + paddedL, 0.0f); // padding: zero steps leave the states at zero
@@ -237,19 +237,63 @@ void scanBlock(const ChannelBlock& c)
     for (int lane = 0; lane < c.channels; ++lane)
     {
         const float* __restrict yRow = yRows + lane * paddedL;
-        const float* __restrict u = c.u + lane * L;
-        const float* __restrict z = c.z ? c.z + lane * L : nullptr;
+        const float* __restrict uRow = u + lane * L;
+        const float* __restrict zRow = z ? z + lane * L : nullptr;
         const float D = c.D ? c.D[lane] : 0.0f;
-        float* __restrict out = c.y + lane * L;
+        float* __restrict outRow = out + lane * L;
         for (size_t t = 0; t < L; ++t)
         {
             float value = yRow[t];
             if (c.D)
-                value += D * u[t];
-            if (z)
-                value *= z[t] / (1.0f + expOf(-z[t])); // SiLU
-            out[t] = value;
+                value += D * uRow[t];
+            if (zRow)
+                value *= zRow[t] / (1.0f + expOf(-zRow[t])); // SiLU
+            outRow[t] = value;
         }
+    }
+}
+
+template <typename T>
+const float* toFloatRows(const void* from, size_t count, float* to)
+{
+    for (size_t i = 0; i < count; ++i)
+        to[i] = toFloat(static_cast<const T*>(from)[i]);
+    return to;
+}
+
+// fp32 rows in place; fp16 and bf16 through fp32 copies, converted here rather than inside scanRows' loops
+// (which then stay vectorised: GCC 12 converts _Float16 one element at a time).
+template <typename T>
+void scanBlockAs(const ChannelBlock& c)
+{
+    if constexpr (std::is_same_v<T, float>)
+        scanRows(c, static_cast<const float*>(c.u), static_cast<const float*>(c.delta),
+            static_cast<const float*>(c.z), static_cast<float*>(c.y));
+    else
+    {
+        const size_t count = static_cast<size_t>(c.channels) * c.seqlen;
+        const size_t rowsSpace = 4 * static_cast<size_t>(kLanes) * c.seqlen; // the scratch's last part
+        float* rows = c.scratch + scanBlockScratch(kLanes, c.seqlen, c.dstate) - rowsSpace;
+        float* out = rows + 3 * count;
+        scanRows(c, toFloatRows<T>(c.u, count, rows), toFloatRows<T>(c.delta, count, rows + count),
+            c.z ? toFloatRows<T>(c.z, count, rows + 2 * count) : nullptr, out);
+        for (size_t i = 0; i < count; ++i)
+            static_cast<T*>(c.y)[i] = fromFloat<T>(out[i]);
+    }
+}
+
+} // namespace
+
+void scanBlock(const ChannelBlock& c)
+{
+    switch (c.dtype)
+    {
+    case RMEETO_DTYPE_FLOAT32:
+        return scanBlockAs<float>(c);
+    case RMEETO_DTYPE_FLOAT16:
+        return scanBlockAs<_Float16>(c);
+    case RMEETO_DTYPE_BFLOAT16:
+        return scanBlockAs<BFloat16>(c);
     }
 }
 

@@ -5,6 +5,8 @@
 
 #include <cstddef>
 
+#include "rmeeto_types.h"
+
 namespace rmeeto_cpu
 {
 
@@ -13,26 +15,28 @@ namespace rmeeto_cpu
 // [t or n][lane], so each step's work is whole vectors and y needs no horizontal sum.
 struct ChannelBlock
 {
+    rmeeto_dtype_t dtype; // of u, delta, z and y; the rest is fp32
     int channels, dstate, seqlen; // channels <= lanes
     bool reverse, deltaSoftplus;
-    const float* u;         // (channels, seqlen)
-    const float* delta;     // (channels, seqlen)
-    const float* z;         // (channels, seqlen) gate, or nullptr
+    const void* u;          // (channels, seqlen)
+    const void* delta;      // (channels, seqlen)
+    const void* z;          // (channels, seqlen) gate, or nullptr
     const float* A;         // (channels, dstate)
     const float* D;         // (channels,) or nullptr
     const float* deltaBias; // (channels,) or nullptr
     const float* Bt;        // (seqlen, dstate): time-major, shared by every channel of the sample
     const float* Ct;        // (seqlen, dstate)
     float* scratch;         // scanBlockScratch(lanes, seqlen, dstate) floats
-    float* y;               // (channels, seqlen) out
+    void* y;                // (channels, seqlen) out
 };
 
-// The scratch a block of `lanes` channels needs: dt and dt * u both as rows and lane-minor, y lane-minor,
-// the states and A lane-minor; seqlen rounded up to whole lanes x lanes tiles.
+// The scratch a block of `lanes` channels needs, in fp32: dt and dt * u both as rows and lane-minor, y
+// lane-minor, the states and A lane-minor (seqlen rounded up to whole lanes x lanes tiles), then u, delta,
+// z and y as rows when they are not fp32.
 constexpr size_t scanBlockScratch(int lanes, int seqlen, int dstate)
 {
     const size_t paddedSeqlen = (static_cast<size_t>(seqlen) + lanes - 1) / lanes * lanes;
-    return (5 * paddedSeqlen + 2 * static_cast<size_t>(dstate)) * lanes;
+    return (5 * paddedSeqlen + 2 * static_cast<size_t>(dstate) + 4 * static_cast<size_t>(seqlen)) * lanes;
 }
 
 // The variants; CMakeLists.txt compiles those of the target architecture.
