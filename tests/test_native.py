@@ -3,6 +3,7 @@ the shapes and dtypes of the CUDA kernel tests, and the "native" backend of the 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -61,12 +62,19 @@ def _widest_variant_from_cpuinfo() -> str:
     return "baseline"
 
 
+@functools.cache
+def _scan_case_and_reference(case, dtype):
+    """Inputs and the reference's output, computed once for every variant (the reference is the slow part)."""
+    batch, dim, dstate, length, reverse, softplus, optional = case
+    inputs = scan_inputs(batch, dim, dstate, length, optional, dtype, batch * 1000 + length, "cpu", softplus)
+    return inputs, ops.selective_scan_reference(**inputs, delta_softplus=softplus, reverse=reverse)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", NATIVE_SCAN_CASES, ids=lambda c: "b{}_d{}_n{}_l{}_rev{}_sp{}_opt{}".format(*c))
 def test_selective_scan_matches_reference(native_ops, scan_variant, case, dtype):
-    batch, dim, dstate, length, reverse, softplus, optional = case
-    inputs = scan_inputs(batch, dim, dstate, length, optional, dtype, batch * 1000 + length, "cpu", softplus)
-    expected = ops.selective_scan_reference(**inputs, delta_softplus=softplus, reverse=reverse)
+    inputs, expected = _scan_case_and_reference(case, dtype)
+    reverse, softplus = case[4:6]
     actual = native_ops.selective_scan(**inputs, delta_softplus=softplus, reverse=reverse, num_threads=2)
     assert actual.dtype == dtype and actual.shape == inputs["u"].shape
     # The CUDA kernels' tolerances: same fp32 math in another order (and a polynomial exp, ~1 ulp).
