@@ -12,7 +12,6 @@ so a build for one TensorRT, CUDA and GPU is made once and found again by ``find
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -22,11 +21,23 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
+from rmeeto_export.cmake_build import (
+    Found,
+    Log,
+    cmake_problem,
+    find_cmake,
+    plugin_sources,
+    run_logged,
+    sources_digest,
+    staged_entry,
+    start_log,
+    tool_version,
+    version_tuple,
+)
 from rmeeto_export.errors import UserError
 from rmeeto_export.kernels import LIBRARY_NAME as KERNELS_LIBRARY  # the plugin library loads it from beside itself
 from rmeeto_export.trt.targets import DEFAULT_RTX_TARGET, ComputeCapability, current_gpu, sm_name
@@ -34,7 +45,6 @@ from rmeeto_export.trt.targets import DEFAULT_RTX_TARGET, ComputeCapability, cur
 FLAVOURS = ("tensorrt", "tensorrt-rtx")
 PLUGIN_LIBRARY = "librmeeto_trt_plugins.so"
 BUILD_INFO = "build.json"
-MIN_CMAKE = (3, 25)  # plugins_trt/CMakeLists.txt's cmake_minimum_required
 # The TensorRT core library a plugin library links, per flavour (DT_NEEDED / file name).
 LIBRARY_PATTERNS = {
     "tensorrt": re.compile(r"^libnvinfer\.so\.(\d+)$"),
@@ -44,41 +54,10 @@ LIBRARY_PATTERNS = {
 RTX_HEADERS_MAJOR = 11
 _PIP_LIBS_PACKAGE = {"tensorrt": "tensorrt_libs", "tensorrt-rtx": "tensorrt_rtx_libs"}
 _PIP_DISTRIBUTION = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt-rtx"}
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SYSTEM_PREFIX = Path("/usr")  # JetPack and Debian packages: include/<multiarch>, lib/<multiarch>
-
-Log = Callable[[str], None]
-
-
-# ---------------------------------------------------------------------------------------- sources
-
-
-def plugin_sources() -> Path:
-    """plugins_trt/: inside the installed package (wheel), else beside it (source checkout)."""
-    for candidate in (_PACKAGE_DIR / "plugins_trt", _PACKAGE_DIR.parent / "plugins_trt"):
-        if (candidate / "CMakeLists.txt").is_file():
-            return candidate
-    raise UserError(f"the plugin sources (plugins_trt/) are missing from {_PACKAGE_DIR}: reinstall rmeeto-export")
-
-
-def sources_digest(sources: Path) -> str:
-    """sha256 over the sources' relative paths and contents: a changed source is a new cache entry."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in sources.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(path.relative_to(sources).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------- discovery
-
-
-@dataclass(frozen=True)
-class Found:
-    """A thing a build needs: where it is, its version, and how it was found ("TENSORRT_ROOT", "pip")."""
-
-    path: Path
-    version: str
-    source: str
 
 
 @dataclass(frozen=True)
@@ -100,7 +79,7 @@ class Toolchain:
 
     def to_json(self) -> dict:
         def found(item: Optional[Found]) -> Optional[dict]:
-            return None if item is None else {"path": str(item.path), "version": item.version, "source": item.source}
+            return None if item is None else item.to_json()
 
         return {
             "flavour": self.flavour,
@@ -184,15 +163,6 @@ def find_headers(root: Optional[Path]) -> Optional[Found]:
     return None
 
 
-def _tool_version(command: list[str], pattern: str) -> Optional[str]:
-    try:
-        output = subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(pattern, output)
-    return match.group(1) if match else None
-
-
 def find_nvcc() -> Optional[Found]:
     """$CUDACXX, nvcc on PATH, $CUDA_HOME/bin, /usr/local/cuda/bin (where JetPack puts it, off PATH)."""
     candidates = [(os.environ.get("CUDACXX"), "CUDACXX"), (shutil.which("nvcc"), "PATH")]
@@ -201,22 +171,10 @@ def find_nvcc() -> Optional[Found]:
             candidates.append((str(Path(home) / "bin" / "nvcc"), home))
     for path, source in candidates:
         if path and Path(path).is_file():
-            version = _tool_version([path, "--version"], r"release (\d+\.\d+)")
+            version = tool_version([path, "--version"], r"release (\d+\.\d+)")
             if version:
                 return Found(Path(path), version, source)
     return None
-
-
-def find_cmake() -> Optional[Found]:
-    path = shutil.which("cmake")
-    if path is None:
-        return None
-    version = _tool_version([path, "--version"], r"cmake version (\d+\.\d+(?:\.\d+)?)")
-    return Found(Path(path), version or "unknown", "PATH")
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
 def _major_minor(version: str) -> str:
@@ -245,14 +203,14 @@ def pick_flavour(wanted: str, root: Optional[Path]) -> Optional[str]:
 def _headers_problem(flavour: str, library: Optional[Found], headers: Optional[Found]) -> Optional[tuple[str, str]]:
     """The headers must declare the plugin interface the library implements."""
     wanted = RTX_HEADERS_MAJOR if flavour == "tensorrt-rtx" else (
-        _version_tuple(library.version)[0] if library is not None else None)
+        version_tuple(library.version)[0] if library is not None else None)
     label = f"TensorRT {wanted}" if wanted is not None else "TensorRT"
     fix = (f"point --tensorrt-root (or TENSORRT_ROOT) at a folder with include/NvInferRuntime.h of {label}: pip wheels ship "
            "no headers; they are in NVIDIA's TensorRT tar archive, the libnvinfer-dev package (JetPack: apt install "
            "nvidia-tensorrt-dev) or github.com/NVIDIA/TensorRT's include/")
     if headers is None:
         return f"{label} headers (NvInferRuntime.h)", fix
-    found = _version_tuple(headers.version)
+    found = version_tuple(headers.version)
     if wanted is not None and (not found or found[0] != wanted):
         return f"{label} headers (found version {headers.version} at {headers.path})", fix
     return None
@@ -282,9 +240,8 @@ def inspect_toolchain(flavour: str = "auto", tensorrt_root: Optional[Path] = Non
     if nvcc is None:
         problems.append(("nvcc (the CUDA compiler)", "install the CUDA toolkit; on a Jetson it is in /usr/local/cuda/bin "
                                                      "(export PATH=/usr/local/cuda/bin:$PATH), or set CUDACXX"))
-    if cmake is None or _version_tuple(cmake.version) < MIN_CMAKE:
-        found = "" if cmake is None else f" (found {cmake.version})"
-        problems.append((f"CMake {'.'.join(map(str, MIN_CMAKE))} or newer{found}", "pip install 'cmake>=3.25'"))
+    if problem := cmake_problem(cmake):
+        problems.append(problem)
     if not archs:
         problems.append(("a GPU architecture to build for (no GPU visible)",
                          "give --arch, e.g. --arch 87 (Jetson Orin), 86, 89 or 90"))
@@ -342,7 +299,7 @@ def find_cached_library(flavour: str, trt_version: str, target: Optional[Compute
         and (target is None or sm_name(target) in build.archs)
     ]
     # Newest CUDA first: its kernels are the ones nvcc optimised best; the driver runs any it supports.
-    matches.sort(key=lambda build: _version_tuple(build.cuda_version), reverse=True)
+    matches.sort(key=lambda build: version_tuple(build.cuda_version), reverse=True)
     return matches[0].library if matches else None
 
 
@@ -364,22 +321,9 @@ def _cmake_arguments(toolchain: Toolchain, sources: Path, build_dir: Path) -> li
     ]
 
 
-def _run_logged(command: list[str], log_file: Path) -> None:
-    with open(log_file, "a") as stream:
-        stream.write("$ " + " ".join(command) + "\n")
-        stream.flush()
-        result = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        tail = log_file.read_text(errors="replace").strip().splitlines()[-1:]
-        raise UserError(f"compiling the plugins failed ({' '.join(tail)}); the full log is {log_file}")
-
-
 def build_plugins(toolchain: Toolchain, *, jobs: int = 2, force: bool = False, log: Log = print) -> CachedBuild:
     """Builds the plugin and kernels libraries into the cache (unless there already); returns the entry.
-
-    The build runs in a temporary folder that is renamed into place only when both libraries exist,
-    so a failed or interrupted build leaves no entry behind (its log stays at <cache>/last-build.log).
-    """
+    A failed or interrupted build leaves no entry behind (cmake_build.staged_entry), only its log."""
     if not toolchain.ready:
         missing = "; ".join(f"{what} (fix: {fix})" for what, fix in toolchain.problems)
         raise UserError(f"cannot build the plugins, missing: {missing}")
@@ -392,17 +336,13 @@ def build_plugins(toolchain: Toolchain, *, jobs: int = 2, force: bool = False, l
     if existing is not None and not force:
         log(f"already built: {final}")
         return existing
-    root.mkdir(parents=True, exist_ok=True)
-    log_file = root / "last-build.log"
-    log_file.write_text("")
+    log_file = start_log(root)
     log(f"compiling the plugins for {toolchain.flavour} {toolchain.library.version}, CUDA {toolchain.nvcc.version}, "
         f"{', '.join(sm_name(cc) for cc in toolchain.archs)} (log: {log_file})")
-    with tempfile.TemporaryDirectory(dir=root, prefix=".building-") as work:
-        build_dir, staged = Path(work) / "build", Path(work) / key
-        _run_logged(_cmake_arguments(toolchain, sources, build_dir), log_file)
-        _run_logged([str(toolchain.cmake.path), "--build", str(build_dir), "--target", "rmeeto_trt_plugins",
-                     "-j", str(jobs)], log_file)
-        staged.mkdir()
+    with staged_entry(final, lambda folder: _read_build(folder) is not None, replace=force) as (build_dir, staged):
+        run_logged(_cmake_arguments(toolchain, sources, build_dir), log_file, "compiling the plugins")
+        run_logged([str(toolchain.cmake.path), "--build", str(build_dir), "--target", "rmeeto_trt_plugins",
+                    "-j", str(jobs)], log_file, "compiling the plugins")
         for name in (PLUGIN_LIBRARY, KERNELS_LIBRARY):
             if not (build_dir / name).is_file():
                 raise UserError(f"the plugin build made no {name}; see {log_file}")
@@ -416,13 +356,6 @@ def build_plugins(toolchain: Toolchain, *, jobs: int = 2, force: bool = False, l
             "toolchain": toolchain.to_json(),
         }
         (staged / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        if final.exists() and (force or _read_build(final) is None):
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.replace(staged, final)
-        except OSError:  # another process finished the same build first: use its entry
-            if _read_build(final) is None:
-                raise
     log(f"built: {final / PLUGIN_LIBRARY}")
     return _read_build(final)
 
