@@ -126,6 +126,7 @@ def verify(out: Path, force: bool) -> None:
 
 def _register_subcommands() -> None:
     from rmeeto_export.calibration.cli import calibrate_command
+    from rmeeto_export.native_cli import native_group
     from rmeeto_export.pipelines.retrain import retrain_command
     from rmeeto_export.serving.cli import package_command
     from rmeeto_export.trt.plugins_cli import plugins_group
@@ -134,6 +135,7 @@ def _register_subcommands() -> None:
     main.add_command(calibrate_command)
     main.add_command(package_command)
     main.add_command(plugins_group)
+    main.add_command(native_group)
 
 
 _register_subcommands()

@@ -1,10 +1,12 @@
 """The native CPU ops (plugins_trt/cpu): a ctypes binding on CPU torch tensors, and where the ONNX
 Runtime custom-op library is.
 
-Both libraries are built by `make native` (CMake, no CUDA) into build/native/. They are looked up in
-$RMEETO_NATIVE_DIR (alone, when set), build/native/ of the working directory and of the source
-checkout, then the per-user cache $XDG_CACHE_HOME/rmeeto-export/native/. Without them everything
-still runs: the torch ops use the PyTorch references and ONNX Runtime the graphs' function bodies.
+Both libraries are built (CMake, no CUDA) by `make native` in a source checkout, into build/native/,
+and by `rmeeto-export native build` (native_build) for an installed package, into the per-user cache
+entry of these sources, $XDG_CACHE_HOME/rmeeto-export/native/<machine>_src<digest>/. They are looked up
+in $RMEETO_NATIVE_DIR (alone, when set), build/native/ of the working directory and of the source
+checkout, then that cache entry. Without them everything still runs: the torch ops use the PyTorch
+references and ONNX Runtime the graphs' function bodies.
 
 The scan is compiled once per instruction set (SCAN_VARIANTS) and runs the widest this CPU has;
 $RMEETO_CPU_SCAN_VARIANT, read once per process, or use_scan_variant forces one.
@@ -15,12 +17,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import platform
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from rmeeto_export.cmake_build import plugin_sources, sources_digest
 from rmeeto_export.contracts import SELECTIVE_SCAN
 from rmeeto_export.errors import UserError
 
@@ -31,7 +35,10 @@ BUILD_SUBDIR = Path("build") / "native"
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 SCAN_VARIANT_ENV_VAR = "RMEETO_CPU_SCAN_VARIANT"
 SCAN_VARIANTS = ("avx512", "avx2", "baseline")  # rmeeto_cpu_kernels.h's names, widest first
-ABSENT_NOTE = f"native ops not built (`make native`, or set {DIR_ENV_VAR}): using the function bodies"
+# What plugins_trt/cpu compiles: its own files and the shared kernel headers (rmeeto_types.h, rmeeto_kernels.h).
+SOURCE_PATTERNS = ("cpu/**/*", "kernels/*.h")
+BUILD_HINT = "`rmeeto-export native build` (in a source checkout: `make native`)"
+ABSENT_NOTE = f"native ops not built ({BUILD_HINT}, or set {DIR_ENV_VAR}): using the function bodies"
 
 # Values of rmeeto_dtype_t and rmeeto_status_t in plugins_trt/kernels/rmeeto_types.h.
 _KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -48,12 +55,23 @@ def user_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rmeeto-export" / "native"
 
 
+@functools.cache
+def _sources_digest() -> str:
+    return sources_digest(plugin_sources(), SOURCE_PATTERNS)
+
+
+def cache_entry() -> Path:
+    """The cache folder of a build of these sources on this machine: a library built from other sources
+    (an older rmeeto-export) is never loaded with this version's argument lists."""
+    return user_cache_dir() / f"{platform.machine()}_src{_sources_digest()[:12]}"
+
+
 def library_dirs() -> list[Path]:
     """Folders searched, in order."""
     explicit = os.environ.get(DIR_ENV_VAR)
     if explicit:
         return [Path(explicit)]
-    return list(dict.fromkeys([Path.cwd() / BUILD_SUBDIR, _SOURCE_ROOT / BUILD_SUBDIR, user_cache_dir()]))
+    return list(dict.fromkeys([Path.cwd() / BUILD_SUBDIR, _SOURCE_ROOT / BUILD_SUBDIR, cache_entry()]))
 
 
 def find_library(name: str) -> Optional[Path]:
@@ -73,7 +91,7 @@ def _load() -> Optional[ctypes.CDLL]:
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as error:
-        raise UserError(f"cannot load {path}: {error}; rebuild it with `make native`") from error
+        raise UserError(f"cannot load {path}: {error}; rebuild it with {BUILD_HINT}") from error
     i32, ptr = ctypes.c_int32, ctypes.c_void_p
     threads = ctypes.POINTER(_Threads)
     lib.rmeeto_cpu_selective_scan_fwd.argtypes = [i32] * 5 + [ptr] * 8 + [i32, i32, ptr, threads]
@@ -94,7 +112,7 @@ def _library() -> ctypes.CDLL:
     lib = _load()
     if lib is None:
         tried = ", ".join(str(d) for d in library_dirs())
-        raise UserError(f"{CPU_KERNELS_LIBRARY} not found (tried {tried}); build it with `make native`")
+        raise UserError(f"{CPU_KERNELS_LIBRARY} not found (tried {tried}); build it with {BUILD_HINT}")
     return lib
 
 

@@ -90,7 +90,7 @@ def session_options(native_ops: bool) -> ort.SessionOptions:
         try:
             options.register_custom_ops_library(os.fspath(library))
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own Fail/RuntimeError types
-            raise UserError(f"cannot register {library} with ONNX Runtime: {error}; rebuild it with `make native`") from error
+            raise UserError(f"cannot register {library} with ONNX Runtime: {error}; rebuild it with {native.BUILD_HINT}") from error
     return options
 
 

@@ -210,7 +210,7 @@ def _use_native(backend: str, *tensors: Optional[Tensor]) -> bool:
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return False
     if backend == "native" and not native.available():
-        raise UserError(f"backend 'native' needs {native.CPU_KERNELS_LIBRARY}: build it with `make native`")
+        raise UserError(f"backend 'native' needs {native.CPU_KERNELS_LIBRARY}: build it with {native.BUILD_HINT}")
     return native.supports(*tensors)
 
 
