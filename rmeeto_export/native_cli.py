@@ -3,13 +3,13 @@ has `make native`)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import click
 
 from rmeeto_export.native_build import HEADERS_ENV_VAR, build_native, describe, inspect_toolchain
+from rmeeto_export.trt.plugins_cli import cache_build_options
 
 onnxruntime_include_option = click.option(
     "--onnxruntime-include", type=click.Path(path_type=Path), default=None,
@@ -32,9 +32,7 @@ def info_command(onnxruntime_include: Optional[Path]) -> None:
 
 @native_group.command("build")
 @onnxruntime_include_option
-@click.option("--jobs", type=click.IntRange(min=1), default=min(os.cpu_count() or 1, 8), show_default=True,
-              help="parallel compile jobs")
-@click.option("--force", is_flag=True, help="rebuild even when the cache has this build")
+@cache_build_options
 def build_command(onnxruntime_include: Optional[Path], jobs: int, force: bool) -> None:
     """Compile librmeeto_cpu_kernels.so and librmeeto_ort_ops.so into the per-user cache."""
     build_native(inspect_toolchain(onnxruntime_include), jobs=jobs, force=force, log=click.echo)

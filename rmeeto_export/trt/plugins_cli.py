@@ -51,11 +51,16 @@ def info_command(flavour: str, tensorrt_root: Optional[Path], archs: tuple[str, 
         click.echo(line)
 
 
+def cache_build_options(func):
+    """--jobs and --force of a build into the per-user cache (`plugins build`, `native build`)."""
+    func = click.option("--force", is_flag=True, help="rebuild even when the cache has this build")(func)
+    return click.option("--jobs", type=click.IntRange(min=1), default=min(os.cpu_count() or 1, 8), show_default=True,
+                        help="parallel compile jobs")(func)
+
+
 @plugins_group.command("build")
 @toolchain_options
-@click.option("--jobs", type=click.IntRange(min=1), default=min(os.cpu_count() or 1, 8), show_default=True,
-              help="parallel compile jobs")
-@click.option("--force", is_flag=True, help="rebuild even when the cache has this build")
+@cache_build_options
 def build_command(flavour: str, tensorrt_root: Optional[Path], archs: tuple[str, ...], jobs: int, force: bool) -> None:
     """Compile the CUDA kernels and the IPluginV3 library into the per-user cache."""
     toolchain = inspect_toolchain(flavour, tensorrt_root, _archs(archs))
