@@ -37,8 +37,8 @@ SCAN_VARIANT_ENV_VAR = "RMEETO_CPU_SCAN_VARIANT"
 SCAN_VARIANTS = ("avx512", "avx2", "baseline")  # rmeeto_cpu_kernels.h's names, widest first
 # What plugins_trt/cpu compiles: its own files and the shared kernel headers (rmeeto_types.h, rmeeto_kernels.h).
 SOURCE_PATTERNS = ("cpu/**/*", "kernels/*.h")
-BUILD_HINT = "`rmeeto-export native build` (in a source checkout: `make native`)"
-ABSENT_NOTE = f"native ops not built ({BUILD_HINT}, or set {DIR_ENV_VAR}): using the function bodies"
+BUILD_HINT = "`rmeeto-export native build`, or `make native` in a source checkout"
+ABSENT_NOTE = f"native ops not built ({BUILD_HINT}; or set {DIR_ENV_VAR}): using the function bodies"
 
 # Values of rmeeto_dtype_t and rmeeto_status_t in plugins_trt/kernels/rmeeto_types.h.
 _KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}

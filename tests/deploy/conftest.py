@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.native_build import ORT_HEADERS
+
 REPO = Path(__file__).resolve().parents[2]
 # What the wheel is built from (setup.py copies plugins_trt/ into the package).
 PACKAGE_FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "rmeeto_export", "plugins_trt")
@@ -77,8 +79,10 @@ def toolchain_skip_reason() -> str | None:
 
 @pytest.fixture(scope="session")
 def wheel_env(fresh_venv, tmp_path_factory) -> dict[str, str]:
-    """Environment of the fresh venv's commands: their own per-user cache, no plugin library configured."""
-    env = {key: value for key, value in os.environ.items() if key not in ("RMEETO_TRT_PLUGINS", "TENSORRT_ROOT")}
+    """Environment of the fresh venv's commands: their own per-user cache, no plugin or native library
+    or headers configured."""
+    configured = ("RMEETO_TRT_PLUGINS", "TENSORRT_ROOT", "RMEETO_NATIVE_DIR", "ONNXRUNTIME_INCLUDE_DIR")
+    env = {key: value for key, value in os.environ.items() if key not in configured}
     env["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
     env["PATH"] = f"{fresh_venv}{os.pathsep}{env['PATH']}"
     return env
@@ -105,3 +109,17 @@ def wheel_build(fresh_venv, wheel_env, plugins_built, tmp_path_factory) -> Path:
                   "--plugins", "auto", "--target-cc", f"sm{ARCH}", "--parity-samples", "2", "--out", work / "out"], env=wheel_env, cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
     return work / "out"
+
+
+@pytest.fixture(scope="session")
+def native_built(fresh_venv, wheel_env, tmp_path_factory) -> subprocess.CompletedProcess:
+    """`rmeeto-export native build` from the installed wheel, with the ONNX Runtime headers of the checkout."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is needed to compile the native ops")
+    if not (ORT_HEADERS / "onnxruntime_cxx_api.h").is_file():
+        pytest.skip(f"no ONNX Runtime headers at {ORT_HEADERS} (`make native` fetches them; CI has them), and "
+                    "without them `native build` would fetch them from the network")
+    result = run([fresh_venv / "rmeeto-export", "native", "build", "--onnxruntime-include", ORT_HEADERS,
+                  "--jobs", os.environ.get("RMEETO_BUILD_JOBS", "2")], env=wheel_env, cwd=tmp_path_factory.mktemp("cwd"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
