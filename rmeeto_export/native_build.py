@@ -34,8 +34,10 @@ from rmeeto_export.errors import UserError
 
 HEADERS_ENV_VAR = "ONNXRUNTIME_INCLUDE_DIR"
 API_HEADER = "onnxruntime_cxx_api.h"
-# Where fetch_headers.sh, run in the cache folder, leaves them (Debian's layout).
-FETCHED_HEADERS = Path("ort-headers") / "usr" / "include" / "onnxruntime"
+# Where fetch_headers.sh leaves them in the cache folder: the package's files under ort-headers/ (Debian's layout).
+FETCH_FOLDER = "ort-headers"
+PACKAGE_HEADERS = Path("usr") / "include" / "onnxruntime"
+FETCHED_HEADERS = Path(FETCH_FOLDER) / PACKAGE_HEADERS
 SYSTEM_HEADERS = (Path("/usr/include/onnxruntime"), Path("/usr/local/include/onnxruntime"))  # ort/CMakeLists.txt's PATHS
 BUILD_INFO = "build.json"
 HEADERS_FIX = f"give --onnxruntime-include DIR (the folder with {API_HEADER}) or set {HEADERS_ENV_VAR}"
@@ -121,21 +123,30 @@ def inspect_toolchain(onnxruntime_include: Optional[Path] = None) -> Toolchain:
 def fetch_hint() -> str:
     """What `native build` does without headers, for `native info`."""
     if shutil.which("apt-get") and shutil.which("dpkg-deb"):
-        return (f"`native build` fetches them into {native.user_cache_dir() / 'ort-headers'} (Debian's libonnxruntime-dev; "
+        return (f"`native build` fetches them into {native.user_cache_dir() / FETCH_FOLDER} (Debian's libonnxruntime-dev; "
                 f"needs the network), or {HEADERS_FIX}")
     return f"no apt-get/dpkg-deb to fetch them: {ORT_NEEDS_HEADERS}"
 
 
 def fetch_headers(log_file: Path) -> Optional[Found]:
-    """fetch_headers.sh into the cache folder; None (its reason in the log) when it cannot."""
+    """fetch_headers.sh into the cache folder; None (its reason in the log) when it cannot. The package is
+    unpacked into a temporary folder renamed into place whole: an interrupted fetch leaves no partial headers."""
     cache = native.user_cache_dir()
-    try:  # run in the cache folder with a relative destination, the way `make native` runs it in the checkout
-        run_logged(["bash", str(sources() / "ort" / "fetch_headers.sh"), str(FETCHED_HEADERS.parts[0])], log_file,
-                   "fetching ONNX Runtime's headers", cwd=cache)
+
+    def has_headers(folder: Path) -> bool:
+        return (folder / PACKAGE_HEADERS / API_HEADER).is_file()
+
+    try:
+        with staged_entry(cache / FETCH_FOLDER, has_headers, replace=True) as (_, staged):
+            # A destination relative to the folder it runs in, the way `make native` runs it in the checkout.
+            run_logged(["bash", str(sources() / "ort" / "fetch_headers.sh"), str(staged.relative_to(cache))], log_file,
+                       "fetching ONNX Runtime's headers", cwd=cache)
+            if not has_headers(staged):
+                raise UserError("fetch_headers.sh unpacked no headers")
     except UserError:
         return None
     folder = cache / FETCHED_HEADERS
-    return Found(folder, ort_api_version(folder), "fetched into the cache") if (folder / API_HEADER).is_file() else None
+    return Found(folder, ort_api_version(folder), "fetched into the cache")
 
 
 # ---------------------------------------------------------------------------------------- the cache entry
@@ -184,7 +195,7 @@ def build_native(toolchain: Toolchain, *, jobs: int = 2, force: bool = False, lo
     if existing is not None and headers is None and not force:
         log(f"already built: {final}\n{ORT_NEEDS_HEADERS}")
         return final
-    log(f"compiling the native ops {'with' if headers else 'without'} ONNX Runtime's headers (log: {log_file})")
+    log(f"compiling the native ops (ONNX Runtime's headers: {headers.path if headers else 'none found'}; log: {log_file})")
     with staged_entry(final, lambda folder: read_entry(folder) is not None, replace=existing is not None) as (build_dir, staged):
         run_logged(_cmake_arguments(toolchain, build_dir, headers), log_file, "compiling the native ops")
         run_logged([str(toolchain.cmake.path), "--build", str(build_dir), "-j", str(jobs)], log_file, "compiling the native ops")

@@ -205,16 +205,26 @@ def test_a_failed_rebuild_keeps_the_entry_there_was(fake_toolchain, monkeypatch)
     assert native_build.read_entry(native.cache_entry())["libraries"] == [native.CPU_KERNELS_LIBRARY]
 
 
-def test_fetch_runs_the_script_in_the_cache_and_finds_what_it_unpacked(monkeypatch, tmp_path):
-    """fetch_headers.sh's contract: a destination relative to the folder it runs in, Debian's layout below it."""
+def fake_fetch_script(monkeypatch, tmp_path, then: str) -> None:
+    """A fetch_headers.sh that unpacks headers (C API 22) under its relative destination $1, then runs `then`."""
     sources = tmp_path / "cpu"
     (sources / "ort").mkdir(parents=True)
     (sources / "ort" / "fetch_headers.sh").write_text(
         'mkdir -p "$1/usr/include/onnxruntime" && echo "#define ORT_API_VERSION 22" > "$1/usr/include/onnxruntime/onnxruntime_c_api.h"'
-        ' && touch "$1/usr/include/onnxruntime/onnxruntime_cxx_api.h"\n')
+        f' && touch "$1/usr/include/onnxruntime/onnxruntime_cxx_api.h"\n{then}\n')
     monkeypatch.setattr(native_build, "sources", lambda: sources)
-    log_file = native.user_cache_dir() / "log"
     native.user_cache_dir().mkdir(parents=True)
-    found = native_build.fetch_headers(log_file)
+
+
+def test_fetch_runs_the_script_in_the_cache_and_finds_what_it_unpacked(monkeypatch, tmp_path):
+    fake_fetch_script(monkeypatch, tmp_path, then="exit 0")
+    found = native_build.fetch_headers(native.user_cache_dir() / "log")
     assert found == Found(native.user_cache_dir() / native_build.FETCHED_HEADERS, "C API 22", "fetched into the cache")
     assert native_build.find_headers(None) == found
+
+
+def test_a_fetch_that_fails_halfway_leaves_no_headers(monkeypatch, tmp_path):
+    fake_fetch_script(monkeypatch, tmp_path, then='echo "dpkg-deb: error: unexpected end of file"; exit 2')
+    assert native_build.fetch_headers(native.user_cache_dir() / "log") is None
+    assert sorted(p.name for p in native.user_cache_dir().iterdir()) == ["log"]
+    assert native_build.find_headers(None) is None
