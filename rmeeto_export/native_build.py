@@ -176,9 +176,26 @@ def _cmake_arguments(toolchain: Toolchain, build_dir: Path, headers: Optional[Fo
     return arguments + ([f"-DONNXRUNTIME_INCLUDE_DIR={headers.path}"] if headers else [])
 
 
+def _compile(toolchain: Toolchain, headers: Optional[Found], final: Path, *, jobs: int, replace: bool, log_file: Path) -> list[str]:
+    """Compiles plugins_trt/cpu into the cache entry `final` (staged, renamed into place); the libraries made."""
+    with staged_entry(final, lambda folder: read_entry(folder) is not None, replace=replace) as (build_dir, staged):
+        run_logged(_cmake_arguments(toolchain, build_dir, headers), log_file, "compiling the native ops")
+        run_logged([str(toolchain.cmake.path), "--build", str(build_dir), "-j", str(jobs)], log_file, "compiling the native ops")
+        if not (build_dir / native.CPU_KERNELS_LIBRARY).is_file():
+            raise UserError(f"the native build made no {native.CPU_KERNELS_LIBRARY}; see {log_file}")
+        libraries = [name for name in (native.CPU_KERNELS_LIBRARY, native.ORT_OPS_LIBRARY) if (build_dir / name).is_file()]
+        for name in libraries:  # librmeeto_ort_ops.so finds the kernels beside itself ($ORIGIN)
+            shutil.copy2(build_dir / name, staged / name)
+        info = {"libraries": libraries, "sources": str(sources()), "toolchain": {**toolchain.to_json(),
+                "onnxruntime_headers": None if headers is None else headers.to_json()}}
+        (staged / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return libraries
+
+
 def build_native(toolchain: Toolchain, *, jobs: int = 2, force: bool = False, log: Log = print) -> Path:
     """Builds the native ops into native.cache_entry() unless it holds them already; returns the entry.
-    A failed or interrupted build leaves no entry behind (cmake_build.staged_entry), only its log."""
+    An entry without the ONNX Runtime library is rebuilt once headers are found. A failed or interrupted
+    build leaves no entry behind (cmake_build.staged_entry), only its log."""
     if not toolchain.ready:
         missing = "; ".join(f"{what} (fix: {fix})" for what, fix in toolchain.problems)
         raise UserError(f"cannot build the native ops, missing: {missing}")
@@ -196,17 +213,7 @@ def build_native(toolchain: Toolchain, *, jobs: int = 2, force: bool = False, lo
         log(f"already built: {final}\n{ORT_NEEDS_HEADERS}")
         return final
     log(f"compiling the native ops (ONNX Runtime's headers: {headers.path if headers else 'none found'}; log: {log_file})")
-    with staged_entry(final, lambda folder: read_entry(folder) is not None, replace=existing is not None) as (build_dir, staged):
-        run_logged(_cmake_arguments(toolchain, build_dir, headers), log_file, "compiling the native ops")
-        run_logged([str(toolchain.cmake.path), "--build", str(build_dir), "-j", str(jobs)], log_file, "compiling the native ops")
-        if not (build_dir / native.CPU_KERNELS_LIBRARY).is_file():
-            raise UserError(f"the native build made no {native.CPU_KERNELS_LIBRARY}; see {log_file}")
-        libraries = [name for name in (native.CPU_KERNELS_LIBRARY, native.ORT_OPS_LIBRARY) if (build_dir / name).is_file()]
-        for name in libraries:  # librmeeto_ort_ops.so finds the kernels beside itself ($ORIGIN)
-            shutil.copy2(build_dir / name, staged / name)
-        info = {"libraries": libraries, "sources": str(sources()), "toolchain": {**toolchain.to_json(),
-                "onnxruntime_headers": None if headers is None else headers.to_json()}}
-        (staged / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    libraries = _compile(toolchain, headers, final, jobs=jobs, replace=existing is not None, log_file=log_file)
     if native.ORT_OPS_LIBRARY not in libraries:
         log(ORT_NEEDS_HEADERS)
     log(f"built: {final}")
