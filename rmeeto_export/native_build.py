@@ -81,7 +81,7 @@ def ort_api_version(include_dir: Path) -> str:
 def _named_headers(folder: Path, source: str) -> Found:
     """Headers the user named: a folder that does not hold them is an error, not a silent fallback."""
     if not folder.is_dir():
-        raise UserError(f"{source} {folder}: no such folder")
+        raise UserError(f"{source} {folder}: not a folder")
     if not (folder / API_HEADER).is_file():
         raise UserError(f"{source} {folder}: no {API_HEADER} there (give the folder that holds ONNX Runtime's C/C++ headers)")
     return Found(folder.resolve(), ort_api_version(folder), source)

@@ -121,7 +121,7 @@ def test_headers_come_from_the_option_the_variable_the_cache_then_the_system(mon
 @pytest.mark.parametrize("command", ["build", "info"])
 def test_named_headers_that_are_not_there_are_a_one_line_error(command, tmp_path):
     (tmp_path / "empty").mkdir()
-    for folder, message in ((tmp_path / "missing", "no such folder"), (tmp_path / "empty", "no onnxruntime_cxx_api.h there")):
+    for folder, message in ((tmp_path / "missing", "not a folder"), (tmp_path / "empty", "no onnxruntime_cxx_api.h there")):
         result = CliRunner().invoke(main, ["native", command, "--onnxruntime-include", str(folder)])
         assert result.exit_code == 1, result.output
         assert result.output.startswith(f"error: --onnxruntime-include {folder}: {message}") and result.output.count("\n") == 1
@@ -130,7 +130,7 @@ def test_named_headers_that_are_not_there_are_a_one_line_error(command, tmp_path
 
 def test_a_wrong_headers_variable_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv(native_build.HEADERS_ENV_VAR, str(tmp_path / "missing"))
-    with pytest.raises(UserError, match=f"^{native_build.HEADERS_ENV_VAR} .*missing: no such folder"):
+    with pytest.raises(UserError, match=f"^{native_build.HEADERS_ENV_VAR} .*missing: not a folder"):
         native_build.inspect_toolchain()
 
 
