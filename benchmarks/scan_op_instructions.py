@@ -70,6 +70,8 @@ def main() -> None:
     library = native.ort_ops_library()
     if library is None:
         raise SystemExit(f"error: {native.ABSENT_NOTE}")
+    if not (ORT_HEADERS / "onnxruntime_cxx_api.h").is_file():
+        raise SystemExit(f"error: the runner needs ONNX Runtime's headers at {ORT_HEADERS}: run `make native`")
     with tempfile.TemporaryDirectory() as folder:
         model = Path(folder) / "scan.onnx"
         write_model(model)
