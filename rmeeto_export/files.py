@@ -38,7 +38,7 @@ def atomic_open(path: PathLike, durable: bool = True) -> Iterator[BinaryIO]:
         raise
 
 
-def write_bytes_atomic(path: PathLike, data: bytes, durable: bool = True) -> Path:
+def write_bytes_atomic(path: PathLike, data: Union[bytes, memoryview], durable: bool = True) -> Path:
     with atomic_open(path, durable) as stream:
         stream.write(data)
     return Path(path)

@@ -81,7 +81,7 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UserError(f"TensorRT could not build {onnx_path}: {' | '.join(trt_backend.logger.take_errors()[:3])}")
-    engine = bytes(serialized)
+    engine = memoryview(serialized)  # not bytes(): a copy of the whole engine, hundreds of MB
     write_bytes_atomic(engine_path, engine, durable=False)  # its sha256 is in the record
     if cache is not None:
         write_bytes_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
@@ -102,7 +102,7 @@ def build_engine(
             "plugin_mode": plugins,
         },
         build_seconds=round(time.perf_counter() - started, 3),
-        engine_bytes=len(engine),
+        engine_bytes=serialized.nbytes,
         engine_sha256=hashlib.sha256(engine).hexdigest(),
     )
     write_record(engine_path, record)

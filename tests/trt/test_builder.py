@@ -1,5 +1,6 @@
 """Engine builds with TensorRT-RTX, which builds ahead of time on this GPU-less machine."""
 
+import hashlib
 import json
 
 import pytest
@@ -81,6 +82,8 @@ def test_standard_graph_builds_without_plugins(tmp_path, rtx):
     onnx_path = write_standard_graph(tmp_path / "model.onnx", batch="batch")
     record = build_engine(onnx_path, tmp_path / "model.engine", backend="tensorrt-rtx", plugins="off", batch=3)
     assert record.plugins is None and record.batch == {"min": 3, "opt": 3, "max": 3}
+    engine = (tmp_path / "model.engine").read_bytes()
+    assert record.engine_bytes == len(engine) > 0 and record.engine_sha256 == hashlib.sha256(engine).hexdigest()
 
 
 def test_custom_nodes_without_bodies_need_plugins(tmp_path, rtx):
