@@ -96,7 +96,10 @@ def session_options(native_ops: bool) -> ort.SessionOptions:
 
 def rmeeto_nodes_note() -> str:
     """What run_onnx runs the rmeeto nodes of a graph on, in a few words for a stage's progress line."""
-    return "rmeeto nodes on the native ops" if native.ort_ops_library() else native.ABSENT_NOTE
+    if native.ort_ops_library() is None:
+        return native.ABSENT_NOTE
+    variant = f" ({native.scan_variant()} scan)" if native.available() else ""  # the op library's CPU kernels
+    return f"rmeeto nodes on the native ops{variant}"
 
 
 def run_onnx(
