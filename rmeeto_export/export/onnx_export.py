@@ -32,6 +32,7 @@ from rmeeto_export.export.batch import BatchSpec, parse_batch
 from rmeeto_export.export.functions import ONNX_OPSET, custom_functions
 from rmeeto_export.export.static_shapes import fold_static_shapes
 from rmeeto_export.export.symbolics import ExportError, register_symbolics, symbolic_batch
+from rmeeto_export.export.wire import Piece, join_weights, split_weights
 from rmeeto_export.models.ops import native_values_while_tracing
 from rmeeto_export.precision import EXPORTED_PRECISIONS, check_precision
 
@@ -164,6 +165,14 @@ def inline_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     del inlined.opset_import[:]
     inlined.opset_import.extend(kept)
     return with_unique_node_names(inlined)
+
+
+def inline_serialized(serialized: bytes) -> list[Piece]:
+    """inline_custom_ops of a serialized model, serialized (as pieces to write in order). The weights'
+    bytes are taken from `serialized` as they are: neither inlined nor copied nor serialized again."""
+    split = split_weights(serialized)
+    inlined = inline_custom_ops(onnx.load_model_from_string(split.rest))
+    return join_weights(inlined.SerializeToString(), split.weights)
 
 
 def build_onnx(

@@ -133,18 +133,19 @@ def export_stage(settings: BuildSettings) -> Stage:
 
     def run(context: StageContext) -> StageResult:
         from rmeeto_export.export import build_onnx
-        from rmeeto_export.export.onnx_export import inline_custom_ops
+        from rmeeto_export.export.onnx_export import inline_serialized
 
         export = settings.export
-        graphs = {}
-        make = {  # the portable graph inlines the first one's functions: one trace
-            files.ONNX: lambda: build_onnx(context.model, batch=export.batch,
-                                           precision=exported_precision(export.precision)),
-            files.PORTABLE_ONNX: lambda: inline_custom_ops(graphs[files.ONNX]),
+        serialized = {}
+        make = {  # the portable graph inlines the first one's functions: one trace, the weights serialized once
+            files.ONNX: lambda: [build_onnx(context.model, batch=export.batch,
+                                            precision=exported_precision(export.precision)).SerializeToString()],
+            files.PORTABLE_ONNX: lambda: inline_serialized(serialized[files.ONNX][0]),
         }
         for name in progress(make, "graphs", log=context.log):
-            graphs[name] = make[name]()
-            context.output(name).write_bytes(graphs[name].SerializeToString())
+            serialized[name] = make[name]()
+            with open(context.output(name), "wb") as stream:
+                stream.writelines(serialized[name])
         return StageResult(note=f"{files.ONNX}, {files.PORTABLE_ONNX} (batch {export.batch})")
 
     return Stage("export", "export ONNX", run, groups=(*model_groups(settings), "export"), inputs=model_inputs(settings),
