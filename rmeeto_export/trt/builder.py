@@ -12,6 +12,7 @@ import onnx
 
 from rmeeto_export.errors import UserError
 from rmeeto_export.export.batch import BatchRange, BatchSpec, parse_batch
+from rmeeto_export.export.wire import join_weights, split_weights
 from rmeeto_export.files import write_bytes_atomic
 from rmeeto_export.trt.backend import Backend, load_backend
 from rmeeto_export.trt.graph import (
@@ -57,17 +58,17 @@ def build_engine(
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     started = time.perf_counter()
     trt_backend = load_backend(backend)
-    model = load_onnx(onnx_path)
+    onnx_file = load_onnx(onnx_path)
     cc, gpu_name = resolve_target(trt_backend, target_cc)
     check_precision_supported(precision, cc)
-    plugin_source = load_plugins(trt_backend, plugins, target=cc) if custom_nodes(model) else None
-    bodiless = custom_nodes_without_function(model)
+    plugin_source = load_plugins(trt_backend, plugins, target=cc) if custom_nodes(onnx_file.model) else None
+    bodiless = custom_nodes_without_function(onnx_file.model)
     if plugin_source is None and bodiless:
         raise UserError(
             f"{onnx_path} has custom nodes without function bodies ({', '.join(bodiless)}): "
             "build it with plugins or export the portable graph"
         )
-    parsed = parse_network(trt_backend, model, onnx_path, with_plugins=plugin_source is not None)
+    parsed = parse_network(trt_backend, onnx_file, with_plugins=plugin_source is not None)
     builder, network = parsed.builder, parsed.network
     config = builder.create_builder_config()
     if trt_backend.is_rtx:
@@ -130,11 +131,26 @@ def resolve_target(backend: Backend, target_cc: Optional[str]) -> tuple[ComputeC
     return gpu[1], gpu[0]
 
 
-def load_onnx(path: Path) -> onnx.ModelProto:
+@dataclass(frozen=True)
+class OnnxFile:
+    """An ONNX file read once: its structure parsed without the initializers, which stay as serialized
+    (parsing, copying and re-serializing hundreds of MB of weights was most of a parse's cost)."""
+
+    path: Path
+    model: onnx.ModelProto
+    weights: memoryview
+
+    def serialized(self, model: onnx.ModelProto) -> bytes:
+        """`model`, this file's structure rewritten, serialized with this file's weights."""
+        return b"".join(join_weights(model.SerializeToString(), self.weights))
+
+
+def load_onnx(path: Path) -> OnnxFile:
     if not path.is_file():
         raise UserError(f"ONNX model {path} does not exist")
     try:
-        return onnx.load(str(path), load_external_data=False)
+        split = split_weights(path.read_bytes())
+        return OnnxFile(path, onnx.load_model_from_string(split.rest), split.weights)
     except Exception as err:  # noqa: BLE001 - protobuf raises several unrelated types
         raise UserError(f"{path} is not an ONNX model ({err})") from None
 
@@ -152,8 +168,8 @@ class ParsedNetwork:
     parser: Any  # owns the weights the network points to: keep it alive until the build is done
 
 
-def parse_network(backend: Backend, model: onnx.ModelProto, onnx_path: Path, *, with_plugins: bool) -> ParsedNetwork:
-    """The network parsed from ``model``, strongly typed.
+def parse_network(backend: Backend, onnx_file: OnnxFile, *, with_plugins: bool) -> ParsedNetwork:
+    """The network parsed from ``onnx_file``, strongly typed.
 
     with_plugins: our custom nodes must become plugin layers (registered beforehand); their
     function bodies are removed first. Otherwise the function bodies are inlined (the portable
@@ -162,11 +178,12 @@ def parse_network(backend: Backend, model: onnx.ModelProto, onnx_path: Path, *, 
     builder = backend.trt.Builder(backend.logger)
     network = builder.create_network(_strongly_typed_flags(backend.trt))
     parser = backend.trt.OnnxParser(network, backend.logger)
+    model = onnx_file.model
     graph = for_plugins(model) if with_plugins else without_plugins(model)
     # path: where the parser finds external weight files, next to the original model.
-    if not parser.parse(graph.SerializeToString(), str(onnx_path)):
+    if not parser.parse(onnx_file.serialized(graph), str(onnx_file.path)):
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
-        raise UserError(f"TensorRT could not parse {onnx_path}: {' | '.join(errors[:3])}")
+        raise UserError(f"TensorRT could not parse {onnx_file.path}: {' | '.join(errors[:3])}")
     check_plugin_layers(backend.trt, network, model, with_plugins=with_plugins)
     check_plugin_input_types(backend.trt, network)
     return ParsedNetwork(builder, network, parser)

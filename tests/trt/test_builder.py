@@ -37,8 +37,9 @@ def test_build_record_describes_the_engine(tmp_path, rtx):
 
 def test_every_custom_node_becomes_our_plugin_layer(tmp_path, rtx):
     onnx_path = write_custom_node_graph(tmp_path / "model.onnx")
-    model = load_onnx(onnx_path)
-    parsed = parse_network(rtx, model, onnx_path, with_plugins=True)
+    onnx_file = load_onnx(onnx_path)
+    model = onnx_file.model
+    parsed = parse_network(rtx, onnx_file, with_plugins=True)
     layers = layers_by_type(parsed.network)
     assert len(layers["PLUGIN_V3"]) == len(custom_nodes(model)) == 3
     mapped = sorted((namespace, name) for _, namespace, name in plugin_layers(rtx.trt, parsed.network))
@@ -50,7 +51,7 @@ def test_every_custom_node_becomes_our_plugin_layer(tmp_path, rtx):
 
 def test_token_merge_outputs_keep_hidden_dtype_and_fp32_stream(tmp_path, rtx):
     onnx_path = write_custom_node_graph(tmp_path / "model.onnx", "fp16")
-    parsed = parse_network(rtx, load_onnx(onnx_path), onnx_path, with_plugins=True)
+    parsed = parse_network(rtx, load_onnx(onnx_path), with_plugins=True)
     dtypes = {t.name: t.dtype for t in (parsed.network.get_output(i) for i in range(parsed.network.num_outputs))}
     trt = rtx.trt
     assert dtypes == {
@@ -143,3 +144,10 @@ def test_fp32_engines_are_built_without_tf32(tmp_path, rtx):
     fp32 = build_engine(onnx_path, tmp_path / "fp32.engine", backend="tensorrt-rtx", plugins="off")
     fp16 = build_engine(onnx_path, tmp_path / "fp16.engine", backend="tensorrt-rtx", plugins="off", precision="fp16")
     assert fp32.flags["tf32"] is False and fp16.flags["tf32"] is True  # TensorRT's default for the rest
+
+
+def test_a_file_that_is_not_onnx_is_a_user_error(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x0fnot a protobuf message")
+    with pytest.raises(UserError, match="is not an ONNX model"):
+        load_onnx(path)

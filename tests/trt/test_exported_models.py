@@ -26,10 +26,11 @@ def test_plugin_graph_builds_with_the_python_plugins(tiny_exports, rtx, tmp_path
 
 def test_parser_maps_every_custom_node_to_our_plugin(tiny_exports, rtx):
     onnx_path = tiny_exports[("fp32", False)]
-    model = load_onnx(onnx_path)
+    onnx_file = load_onnx(onnx_path)
+    model = onnx_file.model
     counts = custom_op_counts(model)
     assert counts == {"SelectiveScan": 2 * 4, "TokenMerge": 1}  # forward + backward scan per block; one merge
-    parsed = parse_network(rtx, model, onnx_path, with_plugins=True)
+    parsed = parse_network(rtx, onnx_file, with_plugins=True)
     assert len(layers_by_type(parsed.network)["PLUGIN_V3"]) == sum(counts.values())
     mapped = {(namespace, name) for _, namespace, name in plugin_layers(rtx.trt, parsed.network)}
     assert mapped == {("rmeeto", "SelectiveScan"), ("rmeeto", "TokenMerge")}
@@ -37,7 +38,7 @@ def test_parser_maps_every_custom_node_to_our_plugin(tiny_exports, rtx):
 
 def test_function_bodies_are_inlined_without_plugins_even_when_registered(tiny_exports, rtx):
     onnx_path = tiny_exports[("fp32", False)]
-    parsed = parse_network(rtx, load_onnx(onnx_path), onnx_path, with_plugins=False)
+    parsed = parse_network(rtx, load_onnx(onnx_path), with_plugins=False)
     layers = layers_by_type(parsed.network)
     assert "PLUGIN_V3" not in layers
     assert "RECURRENCE" in layers or "LOOP_OUTPUT" in layers  # the scan bodies became TensorRT loops
@@ -50,7 +51,7 @@ def test_custom_node_graph_builds_without_plugins(tiny_exports, rtx, tmp_path):
 
 def test_plugins_receive_the_node_attributes(tiny_exports, rtx, tiny_model):
     onnx_path = tiny_exports[("fp32", False)]
-    parsed = parse_network(rtx, load_onnx(onnx_path), onnx_path, with_plugins=True)
+    parsed = parse_network(rtx, load_onnx(onnx_path), with_plugins=True)
     values = {}
     for index in range(parsed.network.num_layers):
         layer = parsed.network.get_layer(index)
@@ -78,7 +79,7 @@ def test_portable_graph_builds_ahead_of_time_without_a_gpu(tiny_exports, rtx, tm
 def test_int8_graph_builds_strongly_typed(int8_graphs, rtx, tmp_path, kind, plugins):
     """INT8 comes from the graph's Q/DQ pairs (strongly typed), not from an INT8 builder flag."""
     onnx_path = int8_graphs[kind]
-    layers = layers_by_type(parse_network(rtx, load_onnx(onnx_path), onnx_path, with_plugins=plugins != "none").network)
+    layers = layers_by_type(parse_network(rtx, load_onnx(onnx_path), with_plugins=plugins != "none").network)
     # 25 linear layers, less the out_proj the merge reads: 24 activation and 24 weight Q/DQ pairs
     assert len(layers["QUANTIZE"]) == len(layers["DEQUANTIZE"]) == 48
     record = build_engine(onnx_path, tmp_path / "model.engine", backend="tensorrt-rtx", plugins=plugins,
