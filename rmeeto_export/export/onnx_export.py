@@ -114,7 +114,7 @@ def export_module(
             )
     except ExportError as error:
         raise UserError(str(error)) from None
-    model = onnx.load_from_string(buffer.getvalue())
+    model = onnx.ModelProto.FromString(buffer.getbuffer())  # getvalue() would copy the whole model first
     used = {(node.domain, node.op_type) for node in model.graph.node}
     model.functions.extend(f for f in custom_functions() if (f.domain, f.name) in used)
     return model
