@@ -220,27 +220,53 @@ def build_native(toolchain: Toolchain, *, jobs: int = 2, force: bool = False, lo
     return final
 
 
+@dataclass(frozen=True)
+class Status:
+    """What `native info` reports beyond the toolchain: the cache entry and what this process loads."""
+
+    entry: Path
+    built: Optional[dict]  # the entry's build.json, None when nothing is built there
+    up_to_date: bool  # nothing a build with this toolchain would add
+    loads: Optional[Path]  # the CPU kernels library rmeeto_export.native loads
+    scan_variant: Optional[str]
+
+
+def status(toolchain: Toolchain) -> Status:
+    entry = native.cache_entry()
+    built = read_entry(entry)
+    loads = native.find_library(native.CPU_KERNELS_LIBRARY)
+    return Status(entry, built, built is not None and (has_ort_ops(built) or toolchain.headers is None), loads,
+                  native.scan_variant() if loads else None)
+
+
+def info_json(toolchain: Toolchain) -> dict:
+    state = status(toolchain)
+    return {**toolchain.to_json(), "sources": str(sources()), "cache_entry": str(state.entry),
+            "built_libraries": state.built["libraries"] if state.built else [], "up_to_date": state.up_to_date,
+            "loads": None if state.loads is None else str(state.loads), "scan_variant": state.scan_variant,
+            "problems": [{"missing": what, "fix": fix} for what, fix in toolchain.problems]}
+
+
 def describe(toolchain: Toolchain) -> list[str]:
     """`native info` as lines: what a build would use, the cache entry, what this process loads."""
     def line(label: str, item: Optional[Found], missing: str = "not found") -> str:
         return f"{label:<9} " + (missing if item is None else f"{item.version} at {item.path} ({item.source})")
 
-    entry = native.cache_entry()
-    info = read_entry(entry)
-    if info is None:
-        cache = f"{entry}: nothing built yet"
-    elif has_ort_ops(info) or toolchain.headers is None:
-        cache = f"{entry}: up to date ({', '.join(info['libraries'])})"
+    state = status(toolchain)
+    if state.built is None:
+        cache = f"{state.entry}: nothing built yet"
+    elif state.up_to_date:
+        cache = f"{state.entry}: up to date ({', '.join(state.built['libraries'])})"
     else:
-        cache = f"{entry}: built without {native.ORT_OPS_LIBRARY}; `native build` adds it with the headers found"
-    loaded = native.find_library(native.CPU_KERNELS_LIBRARY)
+        cache = f"{state.entry}: built without {native.ORT_OPS_LIBRARY}; `native build` adds it with the headers found"
     lines = [
         f"{'sources':<9} {sources()}",
         line("cmake", toolchain.cmake),
         line("c++", toolchain.compiler),
         line("headers", toolchain.headers, f"ONNX Runtime's not found: {fetch_hint()}"),
         f"{'cache':<9} {cache}",
-        f"{'loads':<9} " + (f"{loaded} (scan variant on this CPU: {native.scan_variant()})" if loaded else native.ABSENT_NOTE),
+        f"{'loads':<9} " + (f"{state.loads} (scan variant on this CPU: {state.scan_variant})" if state.loads
+                            else native.ABSENT_NOTE),
     ]
     for what, fix in toolchain.problems:
         lines.append(f"missing: {what}\n  fix: {fix}")

@@ -3,13 +3,14 @@ has `make native`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from rmeeto_export.native_build import HEADERS_ENV_VAR, build_native, describe, inspect_toolchain
-from rmeeto_export.trt.plugins_cli import cache_build_options
+from rmeeto_export.native_build import HEADERS_ENV_VAR, build_native, describe, info_json, inspect_toolchain
+from rmeeto_export.trt.plugins_cli import cache_build_options, json_option
 
 onnxruntime_include_option = click.option(
     "--onnxruntime-include", type=click.Path(path_type=Path), default=None,
@@ -24,9 +25,14 @@ def native_group() -> None:
 
 @native_group.command("info")
 @onnxruntime_include_option
-def info_command(onnxruntime_include: Optional[Path]) -> None:
+@json_option
+def info_command(onnxruntime_include: Optional[Path], as_json: bool) -> None:
     """What a build would use, the cache entry, and the scan variant this CPU runs."""
-    for line in describe(inspect_toolchain(onnxruntime_include)):
+    toolchain = inspect_toolchain(onnxruntime_include)
+    if as_json:
+        click.echo(json.dumps(info_json(toolchain), indent=2))
+        return
+    for line in describe(toolchain):
         click.echo(line)
 
 

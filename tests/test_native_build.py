@@ -154,6 +154,17 @@ def test_info_says_what_a_build_would_use(tmp_path):
     assert f"sources   {plugin_sources() / 'cpu'}\n" in result.output
 
 
+def test_info_json_says_the_same(tmp_path):
+    headers = make_headers(tmp_path / "headers")
+    result = CliRunner().invoke(main, ["native", "info", "--onnxruntime-include", str(headers), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["onnxruntime_headers"]["path"] == str(headers) and info["onnxruntime_headers"]["version"] == "C API 21"
+    assert info["cache_entry"] == str(native.cache_entry()) and info["built_libraries"] == []
+    assert info["up_to_date"] is False and info["loads"] is None and info["scan_variant"] is None
+    assert info["sources"] == str(plugin_sources() / "cpu")
+
+
 def test_info_without_cmake_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr(native_build, "find_cmake", lambda: None)
     result = CliRunner().invoke(main, ["native", "info"])

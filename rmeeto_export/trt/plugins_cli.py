@@ -29,6 +29,9 @@ def toolchain_options(func):
                         help="which TensorRT to build for (auto: full TensorRT when found, else TensorRT-RTX)")(func)
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+
+
 @click.group("plugins")
 def plugins_group() -> None:
     """Build our C++ TensorRT plugin library for the TensorRT on this machine."""
@@ -36,7 +39,7 @@ def plugins_group() -> None:
 
 @plugins_group.command("info")
 @toolchain_options
-@click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+@json_option
 def info_command(flavour: str, tensorrt_root: Optional[Path], archs: tuple[str, ...], as_json: bool) -> None:
     """What a plugin build would use, what is missing and how to fix it."""
     toolchain = inspect_toolchain(flavour, tensorrt_root, _archs(archs))
