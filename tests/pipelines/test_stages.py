@@ -114,7 +114,10 @@ def test_sigint_during_a_stage_leaves_the_folder_as_it_was_before_it(tmp_path):
     arrive after the stage (and the build) ended on a busy machine; the child holds the exporter in a
     sleep it announces, so the signal always lands inside the stage."""
     out = tmp_path / "out"
-    child = ("import sys, time\n"
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no handler for it: the
+    # child takes Python's handler whatever launched the tests, as a build started from a terminal has it.
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
              "import rmeeto_export.export as export\n"
              "real = export.build_onnx\n"
              "def held(*args, **kwargs):\n"
