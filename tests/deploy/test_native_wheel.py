@@ -25,8 +25,9 @@ torch.manual_seed(0)
 u, delta, z = torch.randn(2, 16, 40), torch.rand(2, 16, 40), torch.randn(2, 16, 40)
 A, B, C, D = -torch.rand(16, 8), torch.randn(2, 8, 40), torch.randn(2, 8, 40), torch.randn(16)
 expected = selective_scan_reference(u, delta, A, B, C, D, z, delta_softplus=True)
-actual = native.selective_scan(u, delta, A, B, C, D, z, delta_softplus=True)
-print(float((actual - expected).abs().max() / expected.abs().max()))
+errors = [float((native.selective_scan(u, delta, A, B, C, D, z, delta_softplus=True, num_threads=threads) - expected)
+               .abs().max() / expected.abs().max()) for threads in (1, 2, 2)]
+print(native.scan_variant(), *errors)
 """
 
 
@@ -49,11 +50,13 @@ def test_installed_package_loads_the_native_ops_from_the_cache(native_built, fre
     entry = entry_of(native_built)
     result = run([fresh_venv / "python", "-c", USE_NATIVE_OPS], env=wheel_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    kernels, ort_ops, note, error = result.stdout.strip().splitlines()
+    kernels, ort_ops, note, errors = result.stdout.strip().splitlines()
     assert (kernels, ort_ops) == (str(entry / "librmeeto_cpu_kernels.so"), str(entry / "librmeeto_ort_ops.so"))
     assert re.fullmatch(r"rmeeto nodes on the native ops \((baseline|avx2|avx512) scan\)", note), note
-    # fp32 in another order (and a polynomial exp): the kernel tests' fp32 tolerance, 1e-5 of the output scale.
-    assert float(error) < 1e-5
+    # fp32 in another order (and a polynomial exp): the kernel tests' fp32 tolerance, 1e-5 of the output scale;
+    # on 1 and 2 threads, twice on 2 (one failure in a CI rehearsal was never reproduced: this names its case).
+    variant, *relative_errors = errors.split()
+    assert all(float(error) < 1e-5 for error in relative_errors), f"{variant} scan, 1/2/2 threads: {errors}"
 
 
 def test_native_build_twice_reuses_the_cache(native_built, fresh_venv, wheel_env, tmp_path):
