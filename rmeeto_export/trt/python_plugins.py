@@ -77,10 +77,13 @@ def python_plugin_creators(trt: ModuleType) -> tuple:
             return self
 
         def get_fields_to_serialize(self):
-            return trt.PluginFieldCollection([
+            # A PluginFieldCollection points into its fields' arrays without holding them: the plugin holds them
+            # (left to the garbage collector, TensorRT serialized whatever reused that memory, or aborted).
+            self.serialized_fields = [
                 trt.PluginField(name, np.array([value], dtype=np.int32), trt.PluginFieldType.INT32)
                 for name, value in self.values.items()
-            ])
+            ]
+            return trt.PluginFieldCollection(self.serialized_fields)
 
         def get_output_data_types(self, input_types):
             return [trt.float32 if tensor.fp32 else input_types[0] for tensor in self.CONTRACT.outputs]
@@ -167,11 +170,11 @@ def python_plugin_creators(trt: ModuleType) -> tuple:
             self.name = plugin_class.CONTRACT.name
             self.plugin_namespace = PLUGIN_NAMESPACE
             self.plugin_version = PLUGIN_VERSION
-            # The parser hands over only the attributes named here (as INT32 for ONNX INT).
-            self.field_names = trt.PluginFieldCollection([
-                trt.PluginField(name, np.array([], dtype=np.int32), trt.PluginFieldType.INT32)
-                for name in plugin_class.CONTRACT.attribute_names
-            ])
+            # The parser hands over only the attributes named here (as INT32 for ONNX INT). The creator holds
+            # the fields, as the collection does not (see get_fields_to_serialize).
+            self.field_specs = [trt.PluginField(name, np.array([], dtype=np.int32), trt.PluginFieldType.INT32)
+                                for name in plugin_class.CONTRACT.attribute_names]
+            self.field_names = trt.PluginFieldCollection(self.field_specs)
 
         def create_plugin(self, name, fields, phase):
             return self.plugin_class(field_values(fields, self.plugin_class.CONTRACT))

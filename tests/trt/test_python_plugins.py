@@ -5,6 +5,8 @@ one in CI: host memory; a real GPU where there is one). Outputs are compared wit
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -36,9 +38,8 @@ def _desc(trt, tensor: torch.Tensor):
 def _plugin(trt, name: str, fields: dict[str, int]):
     """Created from the node's fields, cloned, and re-created from its serialised fields: what an engine runs."""
     creator = next(c for c in python_plugin_creators(trt) if c.name == name)
-    collection = trt.PluginFieldCollection(
-        [trt.PluginField(k, np.array([v], dtype=np.int32), trt.PluginFieldType.INT32) for k, v in fields.items()]
-    )
+    node_fields = [trt.PluginField(k, np.array([v], dtype=np.int32), trt.PluginFieldType.INT32) for k, v in fields.items()]
+    collection = trt.PluginFieldCollection(node_fields)  # points into node_fields' arrays, which live until we return
     built = creator.create_plugin(name, collection, trt.TensorRTPhase.BUILD).clone()
     return creator.create_plugin(name, built.get_fields_to_serialize(), trt.TensorRTPhase.RUNTIME).attach_to_context(None)
 
@@ -50,6 +51,18 @@ def _enqueue(trt, plugin, inputs: list[torch.Tensor], outputs: list[torch.Tensor
                    [t.data_ptr() for t in inputs], [t.data_ptr() for t in outputs], 0, stream)  # fmt: skip
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def test_serialized_fields_stay_valid_while_the_plugin_lives(trt):
+    """TensorRT reads the collection get_fields_to_serialize returns after the call: its arrays must outlive it."""
+    creator = next(c for c in python_plugin_creators(trt) if c.name == "SelectiveScan")
+    node_fields = [trt.PluginField("reverse", np.array([1], dtype=np.int32), trt.PluginFieldType.INT32)]
+    plugin = creator.create_plugin("SelectiveScan", trt.PluginFieldCollection(node_fields), trt.TensorRTPhase.BUILD)
+    serialized = plugin.get_fields_to_serialize()
+    gc.collect()
+    reused = [np.full(4, -7, dtype=np.int32) for _ in range(20000)]  # takes the memory freed arrays would leave
+    assert {serialized[i].name: int(serialized[i].data[0]) for i in range(len(serialized))} == {
+        "delta_softplus": 1, "reverse": 1} and len(reused) == 20000
 
 
 @pytest.mark.gpu  # on the kernels device: a real GPU when there is one (make gpu-check), else the emulated one
