@@ -24,13 +24,11 @@ from torch import Tensor
 
 from rmeeto_export.contracts import SELECTIVE_SCAN, TOKEN_MERGE
 from rmeeto_export.errors import UserError
+from rmeeto_export.kernel_operands import KERNEL_DTYPES, merge_operands, pointer, scan_operands
 from rmeeto_export.libraries import library_candidates as _candidates
 
 LIBRARY_ENV_VAR = "RMEETO_KERNELS_LIB"
 LIBRARY_NAME = "librmeeto_kernels.so"
-
-# Values of rmeeto_dtype_t in plugins_trt/kernels/rmeeto_kernels.h.
-_KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def library_candidates() -> list[Path]:
@@ -78,10 +76,6 @@ def _check_status(status: int, what: str) -> None:
         raise RuntimeError(f"{what} failed: {message}")
 
 
-def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
-    return None if tensor is None else tensor.data_ptr()
-
-
 def emulated() -> bool:
     """Whether the loaded library is built for the emulated device (CPU tensors) instead of CUDA."""
     return bool(load_library().rmeeto_kernels_emulated())
@@ -117,7 +111,7 @@ def selective_scan_supported(u: Tensor, B: Tensor) -> bool:
     return (
         u.dim() == 3
         and B.dim() == 3
-        and u.dtype in _KERNEL_DTYPES
+        and u.dtype in KERNEL_DTYPES
         and bool(load_library().rmeeto_selective_scan_supports_dstate(B.shape[1]))
     )
 
@@ -154,7 +148,7 @@ def selective_scan(
     ):
         _require_shape(name, tensor, shape)
     _require_device(u.device, {"delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
-    if u.dtype not in _KERNEL_DTYPES:
+    if u.dtype not in KERNEL_DTYPES:
         raise UserError(f"selective_scan kernel supports float32/float16/bfloat16 activations, got {u.dtype}")
     lib = load_library()
     if not lib.rmeeto_selective_scan_supports_dstate(dstate):
@@ -162,22 +156,14 @@ def selective_scan(
     if u.numel() == 0:
         return torch.empty_like(u)
 
-    activations = [u, delta, B, C] + ([z] if z is not None else [])
-    act_dtype = u.dtype if all(t.dtype == u.dtype for t in activations) else torch.float32
-    act = lambda t: None if t is None else t.to(act_dtype).contiguous()  # noqa: E731
-    fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
-    u_c, delta_c, B_c, C_c, z_c = act(u), act(delta), act(B), act(C), act(z)
-    A_c, D_c, bias_c = fp32(A), fp32(D), fp32(delta_bias)
-    out = torch.empty_like(u_c)
+    operands = scan_operands(u, delta, A, B, C, D, z, delta_bias)
     with _on(u.device):
         status = lib.rmeeto_selective_scan_fwd(
-            _KERNEL_DTYPES[act_dtype], batch, dim, dstate, length,
-            _pointer(u_c), _pointer(delta_c), _pointer(A_c), _pointer(B_c), _pointer(C_c),
-            _pointer(D_c), _pointer(z_c), _pointer(bias_c),
-            int(delta_softplus), int(reverse), _pointer(out), _stream(u.device),
+            operands.dtype, batch, dim, dstate, length, *operands.input_pointers(),
+            int(delta_softplus), int(reverse), pointer(operands.out), _stream(u.device),
         )  # fmt: skip
     _check_status(status, "rmeeto_selective_scan_fwd")
-    return out.to(u.dtype)
+    return operands.out.to(u.dtype)
 
 
 def token_merge(hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_index: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -188,7 +174,7 @@ def token_merge(hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_inde
     _require_shape("residual", residual, (batch, tokens, channels))
     _require_shape("size", size, (batch, tokens, 1))
     _require_device(hidden.device, {"residual": residual, "size": size})
-    if hidden.dtype not in _KERNEL_DTYPES:
+    if hidden.dtype not in KERNEL_DTYPES:
         raise UserError(f"token_merge kernel supports float32/float16/bfloat16 hidden, got {hidden.dtype}")
     if not 0 <= cls_index < tokens:
         raise UserError(f"cls_index {cls_index} is outside the {tokens} tokens")
@@ -199,22 +185,16 @@ def token_merge(hidden: Tensor, residual: Tensor, size: Tensor, r: int, cls_inde
     if r == 0 or hidden.numel() == 0:  # the op's contract for r == 0: fresh copies, bit-identical
         return hidden.clone(), residual.clone(), size.clone()
 
-    hidden_c = hidden.contiguous()
-    residual_c, size_c = residual.float().contiguous(), size.float().contiguous()
-    hidden_out = hidden.new_empty(batch, tokens - r, channels)
-    residual_out = residual_c.new_empty(batch, tokens - r, channels)
-    size_out = size_c.new_empty(batch, tokens - r, 1)
+    inputs, outputs = merge_operands(hidden, residual, size, r)
     workspace_bytes = lib.rmeeto_token_merge_workspace_size(batch, tokens, r)
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=hidden.device)
     with _on(hidden.device):
         status = lib.rmeeto_token_merge(
-            _KERNEL_DTYPES[hidden.dtype], batch, tokens, channels, r, cls_index,
-            _pointer(hidden_c), _pointer(residual_c), _pointer(size_c),
-            _pointer(hidden_out), _pointer(residual_out), _pointer(size_out),
-            _pointer(workspace), workspace_bytes, _stream(hidden.device),
+            KERNEL_DTYPES[hidden.dtype], batch, tokens, channels, r, cls_index,
+            *(pointer(t) for t in (*inputs, *outputs)), pointer(workspace), workspace_bytes, _stream(hidden.device),
         )  # fmt: skip
     _check_status(status, "rmeeto_token_merge")
-    return hidden_out, residual_out, size_out
+    return outputs
 
 
 def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
@@ -226,7 +206,7 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
 
 
 def _token_merge_cuda(hidden, residual, size, r, cls_index):
-    if hidden.dtype in _KERNEL_DTYPES:
+    if hidden.dtype in KERNEL_DTYPES:
         return token_merge(hidden, residual, size, r, cls_index)
     from rmeeto_export.merge.rmeeto import merge_tokens
 

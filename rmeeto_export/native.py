@@ -27,6 +27,7 @@ from torch import Tensor
 from rmeeto_export.cmake_build import plugin_sources, sources_digest
 from rmeeto_export.contracts import SELECTIVE_SCAN
 from rmeeto_export.errors import UserError
+from rmeeto_export.kernel_operands import KERNEL_DTYPES, merge_operands, pointer, scan_operands
 
 DIR_ENV_VAR = "RMEETO_NATIVE_DIR"
 CPU_KERNELS_LIBRARY = "librmeeto_cpu_kernels.so"
@@ -40,8 +41,7 @@ SOURCE_PATTERNS = ("cpu/**/*", "kernels/*.h")
 BUILD_HINT = "`rmeeto-export native build`, or `make native` in a source checkout"
 ABSENT_NOTE = f"native ops not built ({BUILD_HINT}; or set {DIR_ENV_VAR}): using the function bodies"
 
-# Values of rmeeto_dtype_t and rmeeto_status_t in plugins_trt/kernels/rmeeto_types.h.
-_KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# Values of rmeeto_status_t in plugins_trt/kernels/rmeeto_types.h.
 _STATUS_INVALID_ARGUMENT, _STATUS_UNSUPPORTED = 1, 2
 
 
@@ -146,9 +146,6 @@ def _threads(num_threads: Optional[int]) -> _Threads:
     return _Threads(num_threads if num_threads is not None else torch.get_num_threads(), None, None)
 
 
-def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
-    return None if tensor is None else tensor.data_ptr()
-
 
 def _check(status: int, what: str) -> None:
     if status != 0:  # inputs are validated before the call: a status here is a bug
@@ -157,7 +154,7 @@ def _check(status: int, what: str) -> None:
 
 def supports(*tensors: Optional[Tensor]) -> bool:
     """Whether the native kernels take these tensors: CPU, fp32/fp16/bf16, library built."""
-    return available() and all(t is None or (t.device.type == "cpu" and t.dtype in _KERNEL_DTYPES) for t in tensors)
+    return available() and all(t is None or (t.device.type == "cpu" and t.dtype in KERNEL_DTYPES) for t in tensors)
 
 
 def selective_scan(
@@ -179,24 +176,16 @@ def selective_scan(
     """
     lib = _library()
     batch, dim, length = u.shape
-    activations = [u, delta, B, C] + ([z] if z is not None else [])
-    act_dtype = u.dtype if all(t.dtype == u.dtype for t in activations) else torch.float32
-    act = lambda t: None if t is None else t.to(act_dtype).contiguous()  # noqa: E731
-    fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
-    u_c, delta_c, B_c, C_c, z_c = act(u), act(delta), act(B), act(C), act(z)
-    A_c, D_c, bias_c = fp32(A), fp32(D), fp32(delta_bias)
-    out = torch.empty_like(u_c)
-    if out.numel():
+    operands = scan_operands(u, delta, A, B, C, D, z, delta_bias)
+    if operands.out.numel():
         status = lib.rmeeto_cpu_selective_scan_fwd(
-            _KERNEL_DTYPES[act_dtype], batch, dim, B.shape[1], length,
-            _pointer(u_c), _pointer(delta_c), _pointer(A_c), _pointer(B_c), _pointer(C_c),
-            _pointer(D_c), _pointer(z_c), _pointer(bias_c), int(delta_softplus), int(reverse),
-            _pointer(out), ctypes.byref(_threads(num_threads)),
+            operands.dtype, batch, dim, B.shape[1], length, *operands.input_pointers(),
+            int(delta_softplus), int(reverse), pointer(operands.out), ctypes.byref(_threads(num_threads)),
         )  # fmt: skip
         if status != 0:
             scan_variant()  # a wrong $RMEETO_CPU_SCAN_VARIANT is the user's error, said as such
         _check(status, "rmeeto_cpu_selective_scan_fwd")
-    return out.to(u.dtype)
+    return operands.out.to(u.dtype)
 
 
 def token_merge(
@@ -208,17 +197,11 @@ def token_merge(
     _check_inputs(hidden, residual, size, r, cls_index)
     lib = _library()
     batch, tokens, channels = hidden.shape
-    hidden_c, residual_c, size_c = hidden.contiguous(), residual.float().contiguous(), size.float().contiguous()
-    outputs = (
-        hidden_c.new_empty(batch, tokens - r, channels),
-        residual_c.new_empty(batch, tokens - r, channels),
-        size_c.new_empty(batch, tokens - r, 1),
-    )
+    inputs, outputs = merge_operands(hidden, residual, size, r)
     if hidden.numel():
         status = lib.rmeeto_cpu_token_merge(
-            _KERNEL_DTYPES[hidden.dtype], batch, tokens, channels, r, cls_index,
-            _pointer(hidden_c), _pointer(residual_c), _pointer(size_c), *(_pointer(t) for t in outputs),
-            ctypes.byref(_threads(num_threads)),
+            KERNEL_DTYPES[hidden.dtype], batch, tokens, channels, r, cls_index,
+            *(pointer(t) for t in (*inputs, *outputs)), ctypes.byref(_threads(num_threads)),
         )  # fmt: skip
         _check(status, "rmeeto_cpu_token_merge")
     return outputs
