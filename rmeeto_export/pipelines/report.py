@@ -60,13 +60,13 @@ def target_commands_section(folder: "BuildFolder") -> list[str]:
         return []
     library = engine["plugins"]["library"] if engine and engine["plugins"] else None
     python_plugins = library == PYTHON_PLUGINS
-    image = engine["inputs"][0] if engine and engine.get("inputs") else {"shape": (1,)}  # the engine's record
+    image_shape = tuple(engine["inputs"][0]["shape"][1:]) if engine and engine.get("inputs") else ()  # one image's
     commands = target_commands(
         onnx_name=ONNX, engine_graph=engine["from"] if engine else ONNX,
         engine_name=engine["file"] if engine and not python_plugins else None,
         flavour=engine["trt_flavour"] if engine else None,
         plugin_library=Path(library).name if library and not python_plugins else None,
-        precision=precision, scale=logit_scale(folder.root), image_shape=tuple(image["shape"][1:]),
+        precision=precision, scale=logit_scale(folder.root), image_shape=image_shape,
         batch=BatchRange(**engine["batch"]) if engine else BatchRange.fixed(1))
     lines = ["", "## Check and run on the target", "",
              "Run these in this folder (copy it to the target as it is); the tolerances are this build's parity "
